@@ -1,0 +1,224 @@
+"""FANet: Feedback Attention Network (Tomar et al., IEEE TNNLS 2022), as a MONAI-style network.
+
+The network takes **one tensor**: the image channels followed by one feedback-mask channel, so that MONAI inferers,
+the model-zoo checks and MONAI Label can call ``network(x)`` like any other network.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from monai.networks.layers.factories import Pool
+
+from fanet_monai.networks.blocks import MixPool, SEResidualBlock
+
+__all__ = ["FANet", "FANET_VARIANTS", "mixpool_stage_names"]
+
+
+def mixpool_stage_names(depth: int = 4) -> Tuple[str, ...]:
+    """Names of the stages that can hold a MixPool block: ``encoder1..encoder{depth}, decoder1..decoder{depth}``."""
+    return tuple(f"encoder{i}" for i in range(1, depth + 1)) + tuple(f"decoder{i}" for i in range(1, depth + 1))
+
+
+# Paper Table IX. "stages": which stages hold a MixPool block ("all" = every stage); "passes": the number of
+# feedback passes at inference (B2 is B4's network evaluated once, without iterative refinement).
+FANET_VARIANTS: Dict[str, Dict] = {
+    "B1": {"stages": (), "passes": 1},
+    "B2": {"stages": "all", "passes": 1},
+    "B3": {"stages": ("encoder1", "decoder{depth}"), "passes": 10},
+    "B4": {"stages": "all", "passes": 10},
+}
+
+
+class _EncoderStage(nn.Module):
+    """SE-residual blocks, optional MixPool, 2x max-pool. Returns ``(down, skip)``; the skip is taken *before*
+    MixPool (reference design), the pooled MixPool output goes down."""
+
+    def __init__(self, blocks: nn.Sequential, mixpool: Optional[MixPool], pool: nn.Module) -> None:
+        super().__init__()
+        self.blocks = blocks
+        self.mixpool = mixpool
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        skip = self.blocks(x)
+        h = skip
+        if self.mixpool is not None:
+            h = self.mixpool(skip, mask)
+        return self.pool(h), skip
+
+
+class _DecoderStage(nn.Module):
+    """4x4 stride-2 transposed conv, concat with the skip, SE-residual blocks, optional MixPool."""
+
+    def __init__(self, upsample: nn.Module, blocks: nn.Sequential, mixpool: Optional[MixPool]) -> None:
+        super().__init__()
+        self.upsample = upsample
+        self.blocks = blocks
+        self.mixpool = mixpool
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(torch.cat([self.upsample(x), skip], dim=1))
+        if self.mixpool is not None:
+            h = self.mixpool(h, mask)
+        return h
+
+
+class FANet(nn.Module):
+    """Feedback Attention Network.
+
+    Encoder stage ``i`` (widths ``channels``, 32-64-128-256 by default): ``blocks_per_stage`` SE-residual blocks,
+    MixPool (if enabled for the stage), 2x max-pool. Decoder stage ``i``: 4x4 stride-2 transposed convolution,
+    concatenation with the encoder skip, SE-residual blocks (widths 128-64-32-16 by default), MixPool. Head:
+    concatenate the last decoder features with the input mask, 1x1 convolution to ``out_channels`` logits.
+
+    Args:
+        spatial_dims: number of spatial dimensions (2 for images, 3 for volumes).
+        in_channels: number of *image* channels. The network input has ``in_channels + 1`` channels: the image,
+            then the feedback mask.
+        out_channels: number of output channels (logits; apply sigmoid for probabilities).
+        variant: paper Table IX configuration: ``"B1"`` (no MixPool), ``"B2"``/``"B4"`` (MixPool in all stages;
+            B2 is evaluated with one pass), ``"B3"`` (MixPool in the first encoder and the last decoder stage).
+        channels: encoder widths, one per stage; the decoder widths are
+            ``channels[-2::-1] + (channels[0] // 2,)``. Narrow widths make small test networks.
+        blocks_per_stage: SE-residual blocks per stage (paper: 2; Table XI ablates 1, 3 and 4).
+        mixpool_stages: override of the variant's MixPool stages, names from :func:`mixpool_stage_names`.
+        mixpool_feature_branch: keep MixPool's unmasked feature branch (``False``: Table XI "w/o F_l").
+        straight_through: straight-through gradient for MixPool's thresholded learned map, so that its
+            parameters train (off = reference behaviour: they never receive a gradient).
+        se_hidden_channels: width of the SE squeeze layers; ``None`` = 1 unit, as in the reference.
+        act: activation type and arguments (MONAI layer factory syntax).
+        norm: normalization type and arguments.
+
+    Input ``(B, in_channels + 1, *spatial)`` of any spatial size: the network pads each spatial dimension to a
+    multiple of ``2 ** len(channels)`` (replicate padding, split evenly on both sides) and crops the output back.
+    Output ``(B, out_channels, *spatial)`` logits.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 3,
+        out_channels: int = 1,
+        variant: str = "B4",
+        channels: Sequence[int] = (32, 64, 128, 256),
+        blocks_per_stage: int = 2,
+        mixpool_stages: Optional[Sequence[str]] = None,
+        mixpool_feature_branch: bool = True,
+        straight_through: bool = False,
+        se_hidden_channels: Optional[int] = None,
+        act: tuple | str = ("relu", {"inplace": True}),
+        norm: tuple | str = "batch",
+    ) -> None:
+        super().__init__()
+        if variant not in FANET_VARIANTS:
+            raise ValueError(f"variant must be one of {sorted(FANET_VARIANTS)}, got {variant!r}.")
+        if blocks_per_stage < 1:
+            raise ValueError(f"blocks_per_stage must be >= 1, got {blocks_per_stage}.")
+        depth = len(channels)
+        if depth < 1 or channels[0] < 2:
+            raise ValueError(f"channels must hold at least one width >= 2, got {tuple(channels)}.")
+        stage_names = mixpool_stage_names(depth)
+        if mixpool_stages is None:
+            preset = FANET_VARIANTS[variant]["stages"]
+            mixpool_stages = stage_names if preset == "all" else [s.format(depth=depth) for s in preset]
+        unknown = sorted(set(mixpool_stages) - set(stage_names))
+        if unknown:
+            raise ValueError(f"unknown MixPool stages {unknown}; valid names: {list(stage_names)}.")
+
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.variant = variant
+        self.depth = depth
+        self.divisor = 2**depth
+        self.mixpool_stages: List[str] = [s for s in stage_names if s in set(mixpool_stages)]
+        # number of feedback passes the paper uses at inference for this variant
+        self.refinement_passes: int = int(FANET_VARIANTS[variant]["passes"])
+
+        def se_blocks(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                *[
+                    SEResidualBlock(spatial_dims, cin if i == 0 else cout, cout, se_hidden_channels, act, norm)
+                    for i in range(blocks_per_stage)
+                ]
+            )
+
+        def mixpool(name: str, width: int) -> Optional[MixPool]:
+            if name not in self.mixpool_stages:
+                return None
+            return MixPool(spatial_dims, width, mixpool_feature_branch, straight_through, act, norm)
+
+        max_pool = Pool[Pool.MAX, spatial_dims]
+        self.mask_pool = max_pool(kernel_size=2, stride=2)
+        encoder = []
+        cin = in_channels
+        for i, width in enumerate(channels):
+            encoder.append(
+                _EncoderStage(se_blocks(cin, width), mixpool(f"encoder{i + 1}", width), max_pool(kernel_size=2))
+            )
+            cin = width
+        self.encoder = nn.ModuleList(encoder)
+
+        decoder_widths = list(channels[-2::-1]) + [channels[0] // 2]
+        decoder = []
+        for i, (skip_width, width) in enumerate(zip(channels[::-1], decoder_widths)):
+            upsample = Convolution(
+                spatial_dims, cin, cin, strides=2, kernel_size=4, padding=1, output_padding=0, is_transposed=True, conv_only=True
+            )
+            decoder.append(
+                _DecoderStage(upsample, se_blocks(cin + skip_width, width), mixpool(f"decoder{i + 1}", width))
+            )
+            cin = width
+        self.decoder = nn.ModuleList(decoder)
+        self.head = Convolution(spatial_dims, cin + 1, out_channels, kernel_size=1, conv_only=True)
+
+    def _pad(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
+        """Pad spatial dims to a multiple of ``self.divisor``; returns the padded tensor and the leading pads."""
+        pads: List[int] = []
+        before: List[int] = []
+        for size in x.shape[2:]:
+            total = (self.divisor - size % self.divisor) % self.divisor
+            before.append(total // 2)
+            pads = [total // 2, total - total // 2] + pads  # F.pad lists the last dimension first
+        if sum(pads) == 0:
+            return x, before
+        return F.pad(x, pads, mode="replicate"), before
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: ``(B, in_channels + 1, *spatial)``: image channels, then the feedback mask (binary, or a probability
+                map).
+
+        Returns:
+            ``(B, out_channels, *spatial)`` logits.
+        """
+        if x.shape[1] != self.in_channels + 1:
+            raise ValueError(
+                f"FANet expects {self.in_channels} image channels + 1 feedback-mask channel = "
+                f"{self.in_channels + 1} input channels, got {x.shape[1]} (input shape {list(x.shape)})."
+            )
+        spatial = x.shape[2:]
+        x, offsets = self._pad(x)
+        image, mask = x[:, :-1], x[:, -1:]
+        masks: List[torch.Tensor] = [mask]
+        for _ in range(self.depth - 1):
+            masks.append(self.mask_pool(masks[-1]))
+
+        h = image
+        skips: List[torch.Tensor] = []
+        for i, stage in enumerate(self.encoder):
+            h, skip = stage(h, masks[i])
+            skips.append(skip)
+        for i, stage in enumerate(self.decoder):
+            level = self.depth - 1 - i
+            h = stage(h, skips[level], masks[level])
+        out = self.head(torch.cat([h, mask.to(h.dtype)], dim=1))
+        for dim in range(len(offsets)):
+            out = out.narrow(dim + 2, offsets[dim], spatial[dim])
+        return out
