@@ -2,12 +2,14 @@
 
 from fanet_monai.networks.blocks import BiasFreeChannelSELayer, MixPool, SEResidualBlock, max_pool_to
 from fanet_monai.networks.fanet import FANET_VARIANTS, FANet, mixpool_stage_names
+from fanet_monai.networks.fusion import fuse_conv_bn
 
 __all__ = [
     "BiasFreeChannelSELayer",
     "FANET_VARIANTS",
     "FANet",
     "MixPool",
+    "fuse_conv_bn",
     "SEResidualBlock",
     "max_pool_to",
     "mixpool_stage_names",

@@ -1,0 +1,89 @@
+"""Datalists for training: a folder of images and masks, or a MONAI (Decathlon-style) datalist JSON."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from monai.data import load_decathlon_datalist
+
+__all__ = ["IMAGE_SUFFIXES", "folder_datalist", "load_datalist", "split_items"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".nii", ".nii.gz")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _image_files(folder: Path) -> Dict[str, Path]:
+    files: Dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or not path.name.lower().endswith(IMAGE_SUFFIXES):
+            continue
+        stem = _stem(path)
+        if stem in files:
+            raise ValueError(f"{path}: duplicate stem {stem!r} (also {files[stem].name}); file names must be unique.")
+        files[stem] = path
+    return files
+
+
+def split_items(items: Sequence[dict], val_fraction: float, seed: int) -> Dict[str, List[dict]]:
+    """Seeded random split into ``training`` and ``validation`` lists (at least one of each when possible)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    n_val = round(len(order) * val_fraction)
+    if val_fraction > 0 and len(order) > 1:
+        n_val = min(max(n_val, 1), len(order) - 1)
+    return {"training": order[n_val:], "validation": order[:n_val]}
+
+
+def folder_datalist(
+    dataset_dir: str | os.PathLike,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    images: str = "images",
+    masks: str = "masks",
+) -> Dict[str, List[dict]]:
+    """``dataset_dir/images/*`` + ``dataset_dir/masks/*`` matched by file stem → ``{"training", "validation"}``.
+
+    Raises ``ValueError`` naming the file for an image without a mask, a mask without an image, duplicate stems,
+    and an empty folder.
+    """
+    root = Path(dataset_dir)
+    image_dir, mask_dir = root / images, root / masks
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: folder not found (expected {root}/{images}/ and {root}/{masks}/).")
+    image_files, mask_files = _image_files(image_dir), _image_files(mask_dir)
+    for stem in sorted(set(image_files) - set(mask_files)):
+        raise ValueError(f"{image_files[stem]}: image has no mask in {mask_dir} (matched by file stem {stem!r}).")
+    for stem in sorted(set(mask_files) - set(image_files)):
+        raise ValueError(f"{mask_files[stem]}: mask has no image in {image_dir} (matched by file stem {stem!r}).")
+    if not image_files:
+        raise ValueError(f"{image_dir}: no images found (suffixes {', '.join(IMAGE_SUFFIXES)}).")
+    items = [{"image": str(image_files[s]), "label": str(mask_files[s])} for s in sorted(image_files)]
+    return split_items(items, val_fraction, seed)
+
+
+def load_datalist(
+    source: str | os.PathLike, split: str = "training", val_fraction: float = 0.2, seed: int = 0
+) -> List[dict]:
+    """The ``split`` list (``training``/``validation``/``test``) from a datalist JSON or a dataset folder."""
+    path = Path(source)
+    if path.is_dir():
+        lists = folder_datalist(path, val_fraction, seed)
+        if split not in lists:
+            raise ValueError(f"{path}: a folder gives 'training' and 'validation' lists, not {split!r}.")
+        return lists[split]
+    if not path.is_file():
+        raise ValueError(f"{path}: neither a dataset folder nor a datalist JSON file.")
+    return load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=split)

@@ -1,0 +1,265 @@
+"""Ignite handlers that run FANet's feedback loop inside MONAI's ``SupervisedTrainer``.
+
+One sample's mask travels: file name → cache (RLE, in the preprocessed frame) → :class:`~fanet_monai.transforms.
+FeedbackMaskd` puts it in the data dict → random augmentation moves it with the image → :class:`FeedbackMaskHandler`
+concatenates it to the image (one tensor) → network → prediction → binarized → mapped back to the preprocessed frame
+with the inverse of the augmentation → cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd
+from monai.utils import min_version, optional_import
+
+from fanet_monai.feedback.cache import FeedbackMaskCache, sample_key
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = ["FeedbackMaskHandler", "FeedbackCommitHandler"]
+
+
+_GRID_PADDING = {"zeros", "border", "reflection"}
+
+
+def _zero_padding(operations: Any) -> Any:
+    """Copy of a transform trace with every padding mode set to zero padding.
+
+    Inverting an augmentation with zero padding makes pixels that the augmented view did not show (rotated, zoomed
+    or cropped out) come back as 0 in the coverage channel, instead of border or reflected values.
+    """
+    if isinstance(operations, list):
+        return [_zero_padding(op) for op in operations]
+    if isinstance(operations, dict):
+        converted = {}
+        for key, value in operations.items():
+            if key == "padding_mode" and value is not None:
+                converted[key] = "zeros" if str(value) in _GRID_PADDING else "constant"
+            else:
+                converted[key] = _zero_padding(value)
+        return converted
+    return operations
+
+
+def _dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample Dice of binary ``(B, 1, *spatial)`` tensors; two empty masks agree perfectly (1.0)."""
+    dims = tuple(range(1, a.ndim))
+    inter = (a * b).sum(dims)
+    total = a.sum(dims) + b.sum(dims)
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1e-8), torch.ones_like(total))
+
+
+class FeedbackMaskHandler:
+    """Feed each sample its cached mask and store its new prediction (paper Sec. III-C), attached to a trainer.
+
+    - ``Events.EPOCH_STARTED``: every training sample without a cached mask gets the paper's initial mask (Otsu of
+      the preprocessed image), so the cache is complete before the epoch's data-loader workers start (also after a
+      resume, when the checkpoint has restored the cache first).
+    - ``Events.ITERATION_STARTED``: the network input becomes ``cat([image, mask])`` (one tensor); the Dice of the
+      fed masks against the labels is accumulated (what the feedback did).
+    - ``Events.ITERATION_COMPLETED``: each prediction is binarized, mapped back to the preprocessed frame with the
+      inverse of the augmentation that produced the sample, and stored under the sample's file name. Pixels that the
+      augmented view did not cover (cropped or rotated out) keep their previous mask.
+    - ``Events.EPOCH_COMPLETED``: ``engine.state.metrics[metric_name]`` = mean Dice of the fed masks vs labels.
+
+    The dataset transform must contain one :class:`~fanet_monai.transforms.FeedbackMaskd`; the transforms before it
+    must be deterministic (they define the cache frame), the ones after it are the augmentation that is inverted.
+
+    Args:
+        cache: the cache shared with ``FeedbackMaskd``.
+        image_key, label_key, mask_key, pred_key: keys of the batch and of the engine output.
+        threshold: probability above which a predicted pixel is foreground.
+        transform: the training dataset's transform; default ``engine.data_loader.dataset.transform``.
+        metric_name: name of the per-epoch Dice of the fed masks.
+    """
+
+    def __init__(
+        self,
+        cache: FeedbackMaskCache,
+        image_key: str = "image",
+        label_key: str = "label",
+        mask_key: str = "mask",
+        pred_key: str = "pred",
+        threshold: float = 0.5,
+        transform: Optional[Compose] = None,
+        metric_name: str = "feedback_mask_dice",
+    ) -> None:
+        self.cache = cache
+        self.image_key = image_key
+        self.label_key = label_key
+        self.mask_key = mask_key
+        self.pred_key = pred_key
+        self.threshold = threshold
+        self.transform = transform
+        self.metric_name = metric_name
+        self.history: List[float] = []  # mean Dice of fed masks vs labels, one value per epoch
+        self._dice_sum = 0.0
+        self._dice_count = 0
+        self._invert: Optional[Invertd] = None
+        self._preprocess_end = 0
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.initialize)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset_epoch)
+        engine.add_event_handler(Events.ITERATION_STARTED, self.feed)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.store)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.report)
+
+    # -- set-up ---------------------------------------------------------------------------------------------------
+    def _split_transform(self, engine: Engine) -> Compose:
+        from fanet_monai.transforms import FeedbackMaskd
+
+        transform = self.transform
+        if transform is None:
+            transform = getattr(getattr(engine.data_loader, "dataset", None), "transform", None)
+        if not isinstance(transform, Compose):
+            raise ValueError("FeedbackMaskHandler needs the training dataset's Compose transform (pass `transform`).")
+        flat = transform.flatten().transforms
+        positions = [i for i, t in enumerate(flat) if isinstance(t, FeedbackMaskd) and t.cache is self.cache]
+        if len(positions) != 1:
+            raise ValueError(
+                "the training transform must contain exactly one FeedbackMaskd that uses this handler's cache, "
+                f"found {len(positions)}."
+            )
+        self._preprocess_end = positions[0]
+        preprocessing = flat[: positions[0]]
+        random_first = [type(t).__name__ for t in preprocessing if hasattr(t, "randomize")]
+        if random_first:
+            raise ValueError(f"random transforms before FeedbackMaskd would misalign the cached masks: {random_first}.")
+        self._flat = flat
+        self._transform = transform
+        # inverting a sample's augmentation maps its prediction back into the cache frame (bilinear, then threshold)
+        augmentation = Compose(flat[positions[0] + 1 :])
+        self._invert = Invertd(self.pred_key, augmentation, orig_keys=self.mask_key, nearest_interp=False)
+        return transform
+
+    def initialize(self, engine: Engine) -> None:
+        """Give every training sample without a cached mask its initial (Otsu) mask."""
+        if getattr(engine.data_loader, "persistent_workers", False):
+            raise ValueError("persistent data-loader workers would feed stale feedback masks: set persistent_workers=False.")
+        transform = self._split_transform(engine) if self._invert is None else self._transform
+        feedback_transform = self._flat[self._preprocess_end]
+        items = getattr(engine.data_loader.dataset, "data", None)
+        if items is None:
+            raise ValueError("the training dataset has no `data` list to initialise the feedback masks from.")
+        missing = 0
+        for item in items:
+            key = sample_key(item[self.image_key]) if isinstance(item[self.image_key], str) else None
+            if key is not None and key in self.cache:
+                continue
+            sample = transform(dict(item), end=self._preprocess_end)
+            image = sample[self.image_key]
+            key = sample_key(image.meta if isinstance(image, MetaTensor) else item[self.image_key])
+            if key in self.cache:
+                continue
+            self.cache.put(key, feedback_transform.initial_mask(image).cpu().numpy())
+            missing += 1
+        if missing:
+            self.cache.commit()  # the initial masks are the epoch-0 state under every update policy
+        self.logger.info(f"feedback cache: {len(self.cache)} masks ({missing} initialised from Otsu).")
+
+    # -- per iteration --------------------------------------------------------------------------------------------
+    def _reset_epoch(self, engine: Engine) -> None:
+        self._dice_sum, self._dice_count = 0.0, 0
+
+    def feed(self, engine: Engine) -> None:
+        """Network input = image ⊕ mask; accumulate the Dice of the fed masks against the labels."""
+        batch = engine.state.batch
+        image, mask = batch[self.image_key], batch[self.mask_key]
+        if image.shape[2:] != mask.shape[2:]:
+            raise ValueError(f"image {tuple(image.shape)} and feedback mask {tuple(mask.shape)} are not aligned.")
+        batch[self.image_key] = torch.cat([image, mask.to(image.dtype)], dim=1)
+        label = batch.get(self.label_key)
+        if label is not None:
+            dice = _dice((mask > 0.5).float(), (label > 0.5).float())
+            self._dice_sum += float(dice.sum())
+            self._dice_count += len(dice)
+
+    def store(self, engine: Engine) -> None:
+        """Binarize each prediction, map it back to the cache frame and store it under the sample's file name."""
+        batch, output = engine.state.batch, engine.state.output
+        if isinstance(batch, dict):  # decollate=False: split into per-sample items
+            n = len(batch[self.mask_key])
+            masks = [batch[self.mask_key][i] for i in range(n)]
+            preds = [output[self.pred_key][i] for i in range(n)]
+        else:
+            masks = [item[self.mask_key] for item in batch]
+            preds = [item[self.pred_key] for item in output]
+        for mask, pred in zip(masks, preds):
+            self.cache.put(*self.to_cache_frame(mask, pred))
+
+    def to_cache_frame(self, mask: MetaTensor, pred: torch.Tensor) -> tuple:
+        """Map one prediction ``(1, *spatial)`` (logits, augmented frame) into the cache frame.
+
+        Returns ``(key, binary mask (1, *cache_spatial) uint8)``.
+        """
+        key = sample_key(mask.meta)
+        prob = torch.sigmoid(pred.detach().float().cpu()[:1])
+        coverage = torch.ones_like(prob)
+        stacked = MetaTensor(torch.cat([prob, coverage]), meta=dict(mask.meta))
+        trace = MetaTensor(mask.detach().cpu(), meta=dict(mask.meta))
+        trace.applied_operations = _zero_padding(mask.applied_operations)
+        inverted = self._invert({self.pred_key: stacked, self.mask_key: trace})[self.pred_key]
+        new = inverted[:1] > self.threshold
+        covered = inverted[1:] > 0.5
+        if not bool(covered.all()):
+            previous = self.cache.get(key)
+            if previous is not None:
+                new = torch.where(covered, new, torch.as_tensor(previous, dtype=torch.bool))
+        return key, new.to(torch.uint8).numpy()
+
+    def report(self, engine: Engine) -> None:
+        value = self._dice_sum / max(self._dice_count, 1)
+        self.history.append(value)
+        engine.state.metrics[self.metric_name] = value
+        self.logger.info(
+            f"epoch {engine.state.epoch}: mean Dice of fed feedback masks vs labels = {value:.4f} "
+            f"(cache {len(self.cache)} masks, {self.cache.nbytes} bytes RLE vs {self.cache.raw_nbytes} raw)"
+        )
+
+
+class FeedbackCommitHandler:
+    """Commit staged feedback masks when validation improves, discard them otherwise (the reference code's rule).
+
+    Attach to the *evaluator*; only meaningful with the cache's ``"on_improvement"`` update policy (with
+    ``"every_epoch"`` it does nothing).
+
+    Args:
+        cache: the feedback mask cache.
+        metric_name: validation metric in ``engine.state.metrics`` (e.g. ``"val_loss"``).
+        mode: ``"min"`` (a loss) or ``"max"`` (a score).
+    """
+
+    def __init__(self, cache: FeedbackMaskCache, metric_name: str = "val_loss", mode: str = "min") -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
+        self.cache = cache
+        self.metric_name = metric_name
+        self.mode = mode
+        self.best: Optional[float] = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.cache.update_policy != "on_improvement":
+            return
+        value = float(engine.state.metrics[self.metric_name])
+        improved = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        if improved:
+            self.best = value
+            self.cache.commit()
+        else:
+            self.cache.discard()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.best = state.get("best")
