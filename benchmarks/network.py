@@ -20,19 +20,7 @@ from typing import Callable, Dict, List
 import torch
 from monai.networks.nets import AttentionUnet, BasicUNet, BasicUNetPlusPlus
 
-from fanet_monai.networks import FANet, fuse_conv_bn
-
-
-class ImageOnly(torch.nn.Module):
-    """Give a 3-channel MONAI network the same 4-channel input as FANet (the mask channel is ignored)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(x[:, :3])
-        return out[0] if isinstance(out, (list, tuple)) else out
+from fanet_monai.networks import FANet, ImageOnlyNetwork, fuse_conv_bn
 
 
 def candidates() -> Dict[str, Callable[[], torch.nn.Module]]:
@@ -41,12 +29,12 @@ def candidates() -> Dict[str, Callable[[], torch.nn.Module]]:
         "FANet B4": lambda: FANet(variant="B4"),
         "FANet B3": lambda: FANet(variant="B3"),
         "FANet B1": lambda: FANet(variant="B1"),
-        "BasicUNet (MONAI default widths)": lambda: ImageOnly(BasicUNet(2, 3, 1)),
-        "AttentionUnet (16-256)": lambda: ImageOnly(AttentionUnet(2, 3, 1, (16, 32, 64, 128, 256), (2, 2, 2, 2))),
-        "BasicUNetPlusPlus (MONAI default widths)": lambda: ImageOnly(BasicUNetPlusPlus(2, 3, 1)),
-        "BasicUNet (paper widths 64-1024)": lambda: ImageOnly(BasicUNet(2, 3, 1, features=(*paper, 64))),
-        "AttentionUnet (paper widths 64-1024)": lambda: ImageOnly(AttentionUnet(2, 3, 1, paper, (2, 2, 2, 2))),
-        "BasicUNetPlusPlus (paper widths 64-1024)": lambda: ImageOnly(
+        "BasicUNet (MONAI default widths)": lambda: ImageOnlyNetwork(BasicUNet(2, 3, 1)),
+        "AttentionUnet (16-256)": lambda: ImageOnlyNetwork(AttentionUnet(2, 3, 1, (16, 32, 64, 128, 256), (2, 2, 2, 2))),
+        "BasicUNetPlusPlus (MONAI default widths)": lambda: ImageOnlyNetwork(BasicUNetPlusPlus(2, 3, 1)),
+        "BasicUNet (paper widths 64-1024)": lambda: ImageOnlyNetwork(BasicUNet(2, 3, 1, features=(*paper, 64))),
+        "AttentionUnet (paper widths 64-1024)": lambda: ImageOnlyNetwork(AttentionUnet(2, 3, 1, paper, (2, 2, 2, 2))),
+        "BasicUNetPlusPlus (paper widths 64-1024)": lambda: ImageOnlyNetwork(
             BasicUNetPlusPlus(2, 3, 1, features=(*paper, 64))
         ),
     }

@@ -1,6 +1,16 @@
-"""Datalists: folders of images and masks, MONAI datalist JSON files."""
+"""Datalists: folders of images and masks, MONAI datalist JSON files, image-only lists for inference."""
 
 from fanet_monai.data.datalist import IMAGE_SUFFIXES, folder_datalist, load_datalist, split_items
+from fanet_monai.data.images import NIFTI_SUFFIXES, image_datalist, mask_output_ext
 from fanet_monai.data.synthetic import make_synthetic_dataset
 
-__all__ = ["IMAGE_SUFFIXES", "folder_datalist", "load_datalist", "make_synthetic_dataset", "split_items"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "folder_datalist",
+    "image_datalist",
+    "load_datalist",
+    "make_synthetic_dataset",
+    "mask_output_ext",
+    "split_items",
+]

@@ -1,0 +1,59 @@
+"""Image-only datalists for inference, and the mask file format that matches the input images."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Dict, List
+
+from monai.data import load_decathlon_datalist
+
+from fanet_monai.data.datalist import IMAGE_SUFFIXES, _image_files
+
+__all__ = ["NIFTI_SUFFIXES", "image_datalist", "mask_output_ext"]
+
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+
+
+def image_datalist(source: str | os.PathLike, key: str = "test", images: str = "images") -> List[Dict[str, str]]:
+    """``[{"image": path}, ...]`` of the images to segment.
+
+    Args:
+        source: a folder (its ``images`` subfolder if there is one, else the folder itself; every file with a
+            suffix of :data:`~fanet_monai.data.IMAGE_SUFFIXES`, sorted by name) or a MONAI datalist JSON file.
+        key: list of the datalist JSON to read (``"test"``: a list of paths or of ``{"image": path}`` dicts).
+        images: name of the image subfolder.
+
+    Raises:
+        ValueError: ``source`` is neither a folder nor a file, or the folder holds no image.
+    """
+    path = Path(source)
+    if path.is_dir():
+        folder = path / images if (path / images).is_dir() else path
+        files = _image_files(folder)
+        if not files:
+            raise ValueError(f"{folder}: no images found (suffixes {', '.join(IMAGE_SUFFIXES)}).")
+        return [{"image": str(files[stem])} for stem in sorted(files)]
+    if not path.is_file():
+        raise ValueError(f"{path}: neither an image folder nor a datalist JSON file.")
+    return load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=key)
+
+
+def mask_output_ext(items: Sequence[Mapping[str, str] | str], key: str = "image") -> str:
+    """File suffix of the predicted masks: ``".nii.gz"`` for NIfTI inputs, ``".png"`` for 2-D bitmaps.
+
+    Args:
+        items: datalist entries (``{key: path}``) or paths.
+        key: the image key of dict entries.
+
+    Raises:
+        ValueError: the list mixes NIfTI and bitmap images (override the bundle's ``output_ext`` then).
+    """
+    names = [str(item[key] if isinstance(item, Mapping) else item).lower() for item in items]
+    nifti = [name.endswith(NIFTI_SUFFIXES) for name in names]
+    if all(nifti) and nifti:
+        return ".nii.gz"
+    if not any(nifti):
+        return ".png"
+    raise ValueError("the images mix NIfTI and bitmap files; set the output format explicitly (output_ext).")
