@@ -44,7 +44,7 @@ def _workflow(config_files: Sequence[str], run_id: str, bundle_dir: Optional[str
 
 
 class FanetCLI:
-    """FANet as a MONAI bundle: train, evaluate, infer, demo."""
+    """FANet as a MONAI bundle: train, evaluate, infer, ablation, demo."""
 
     def train(self, dataset_dir: str, bundle_root: str = ".", bundle_dir: Optional[str] = None, **overrides: Any):
         """Train on ``dataset_dir`` (``images/`` + ``masks/`` folder, or a datalist JSON); checkpoints go to
@@ -59,6 +59,39 @@ class FanetCLI:
             if type(h).__name__ == "FeedbackMaskHandler"
         )
         return {"feedback_mask_dice_per_epoch": [round(v, 4) for v in handler.history]}
+
+    def evaluate(
+        self, dataset_dir: str, bundle_root: str = ".", bundle_dir: Optional[str] = None, **overrides: Any
+    ):
+        """Refine the validation (``--eval_split test`` for a datalist's test list) images pass by pass with
+        ``bundle_root/models/model.pt`` and report the paper's metrics per pass and with early stop; writes
+        ``metrics_per_pass.csv``, ``metrics_per_pass.png`` and ``qualitative.png`` to ``bundle_root/eval``."""
+        workflow = _workflow(
+            bundle_configs("train", "evaluate", bundle_dir=bundle_dir), "evaluating", bundle_dir,
+            dataset_dir=dataset_dir, bundle_root=bundle_root, **overrides,
+        )
+        workflow.run()  # PassWiseEvaluationHandler prints the table of metrics per pass
+
+    def infer(self, dataset_dir: str, output_dir: str, bundle_root: str = ".", bundle_dir: Optional[str] = None,
+              **overrides: Any):
+        """Write a binary mask for every image of ``dataset_dir`` (a folder, its ``images/``, or a datalist JSON)
+        into ``output_dir``, same size and geometry as the input (PNG for bitmaps, NIfTI for NIfTI)."""
+        workflow = _workflow(
+            bundle_configs("inference", bundle_dir=bundle_dir), "run", bundle_dir,
+            dataset_dir=dataset_dir, output_dir=output_dir, bundle_root=bundle_root, **overrides,
+        )
+        workflow.run()
+        print(f"masks written to {output_dir}")
+
+    def ablation(self, dataset_dir: str, b1: str, b3: str, b4: str, output_dir: str = "ablation",
+                 num_passes: Optional[int] = None, bundle_dir: Optional[str] = None, **overrides: Any):
+        """Paper Table IX for trained B1, B3 and B4 checkpoints (B2 = the B4 weights evaluated with one pass)."""
+        from fanet_monai.evaluation import ablation_table
+
+        ablation_table(
+            {"B1": b1, "B2": b4, "B3": b3, "B4": b4}, dataset_dir, output_dir, num_passes, overrides,
+            config_files=bundle_configs("train", "evaluate", bundle_dir=bundle_dir),
+        )
 
     def demo(
         self,
@@ -81,13 +114,16 @@ class FanetCLI:
             str(data), bundle_root=out_dir, image_size=[size, size], max_epochs=max_epochs,
             learning_rate=learning_rate, batch_size=4, show_progress=False, seed=seed, **overrides,
         )
+        print("\ntest-time refinement of the validation images (best checkpoint, Otsu start):")
+        self.evaluate(str(data), bundle_root=out_dir, image_size=[size, size], seed=seed, **overrides)
         dice = result["feedback_mask_dice_per_epoch"]
-        print("\nfeedback masks fed to the network (Dice vs labels; epoch 1 = Otsu start):")
+        print("\nfeedback masks fed to the network during training (Dice vs labels; epoch 1 = Otsu start):")
         print("| epoch | " + " | ".join(str(i + 1) for i in range(len(dice))) + " |")
         print("|---" * (len(dice) + 1) + "|")
         print("| Dice | " + " | ".join(f"{d:.3f}" for d in dice) + " |")
-        print(f"\ndemo finished in {time.time() - start:.0f} s; checkpoints in {Path(out_dir) / 'models'}")
-        return result
+        print(f"\ndemo finished in {time.time() - start:.0f} s; checkpoints in {Path(out_dir) / 'models'}, "
+              f"metrics and figures in {Path(out_dir) / 'eval'}")
+        return None
 
 
 def main() -> None:
