@@ -130,3 +130,11 @@ def test_latest_checkpoint_picks_the_highest_epoch(tmp_path):
     assert latest_checkpoint(tmp_path).endswith("checkpoint_epoch=10.pt")
     with pytest.raises(FileNotFoundError, match="no 'checkpoint_epoch=N.pt'"):
         latest_checkpoint(tmp_path / "none")
+
+
+def test_contiguous_hold_out_takes_the_last_stems(folder):
+    lists = folder_datalist(folder, val_fraction=0.4, split_mode="last")
+    assert [i["image"].split("/")[-1] for i in lists["validation"]] == ["s3.png", "s4.png"]
+    assert [i["image"].split("/")[-1] for i in lists["training"]] == ["s0.png", "s1.png", "s2.png"]
+    with pytest.raises(ValueError, match="split mode"):
+        split_items([{}], 0.5, 0, mode="middle")

@@ -1,12 +1,13 @@
 """Datalists: folders of images and masks, MONAI datalist JSON files, image-only lists for inference."""
 
-from fanet_monai.data.datalist import IMAGE_SUFFIXES, folder_datalist, load_datalist, split_items
+from fanet_monai.data.datalist import IMAGE_SUFFIXES, SPLIT_MODES, folder_datalist, load_datalist, split_items
 from fanet_monai.data.images import NIFTI_SUFFIXES, image_datalist, mask_output_ext
 from fanet_monai.data.synthetic import make_synthetic_dataset
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "NIFTI_SUFFIXES",
+    "SPLIT_MODES",
     "folder_datalist",
     "image_datalist",
     "load_datalist",

@@ -9,7 +9,7 @@ from typing import Dict, List, Sequence
 
 from monai.data import load_decathlon_datalist
 
-__all__ = ["IMAGE_SUFFIXES", "folder_datalist", "load_datalist", "split_items"]
+__all__ = ["IMAGE_SUFFIXES", "SPLIT_MODES", "folder_datalist", "load_datalist", "split_items"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".nii", ".nii.gz")
 
@@ -34,15 +34,27 @@ def _image_files(folder: Path) -> Dict[str, Path]:
     return files
 
 
-def split_items(items: Sequence[dict], val_fraction: float, seed: int) -> Dict[str, List[dict]]:
-    """Seeded random split into ``training`` and ``validation`` lists (at least one of each when possible)."""
+SPLIT_MODES = ("random", "last")
+
+
+def split_items(items: Sequence[dict], val_fraction: float, seed: int, mode: str = "random") -> Dict[str, List[dict]]:
+    """Split into ``training`` and ``validation`` lists (at least one of each when possible).
+
+    ``mode="random"``: a seeded random split. ``mode="last"``: the last items (in the given order, e.g. sorted
+    file names) are the validation set: a contiguous hold-out, right for serial sections or video frames whose
+    neighbours are correlated.
+    """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    if mode not in SPLIT_MODES:
+        raise ValueError(f"split mode must be one of {SPLIT_MODES}, got {mode!r}.")
     order = list(items)
-    random.Random(seed).shuffle(order)
     n_val = round(len(order) * val_fraction)
     if val_fraction > 0 and len(order) > 1:
         n_val = min(max(n_val, 1), len(order) - 1)
+    if mode == "last":
+        return {"training": order[: len(order) - n_val], "validation": order[len(order) - n_val :]}
+    random.Random(seed).shuffle(order)
     return {"training": order[n_val:], "validation": order[:n_val]}
 
 
@@ -52,8 +64,10 @@ def folder_datalist(
     seed: int = 0,
     images: str = "images",
     masks: str = "masks",
+    split_mode: str = "random",
 ) -> Dict[str, List[dict]]:
-    """``dataset_dir/images/*`` + ``dataset_dir/masks/*`` matched by file stem → ``{"training", "validation"}``.
+    """``dataset_dir/images/*`` + ``dataset_dir/masks/*`` matched by file stem → ``{"training", "validation"}``
+    (split by :func:`split_items` over the sorted stems).
 
     Raises ``ValueError`` naming the file for an image without a mask, a mask without an image, duplicate stems,
     and an empty folder.
@@ -71,16 +85,21 @@ def folder_datalist(
     if not image_files:
         raise ValueError(f"{image_dir}: no images found (suffixes {', '.join(IMAGE_SUFFIXES)}).")
     items = [{"image": str(image_files[s]), "label": str(mask_files[s])} for s in sorted(image_files)]
-    return split_items(items, val_fraction, seed)
+    return split_items(items, val_fraction, seed, split_mode)
 
 
 def load_datalist(
-    source: str | os.PathLike, split: str = "training", val_fraction: float = 0.2, seed: int = 0
+    source: str | os.PathLike,
+    split: str = "training",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    split_mode: str = "random",
 ) -> List[dict]:
-    """The ``split`` list (``training``/``validation``/``test``) from a datalist JSON or a dataset folder."""
+    """The ``split`` list (``training``/``validation``/``test``) from a datalist JSON or a dataset folder (split
+    by ``val_fraction``, ``seed`` and ``split_mode``, see :func:`split_items`)."""
     path = Path(source)
     if path.is_dir():
-        lists = folder_datalist(path, val_fraction, seed)
+        lists = folder_datalist(path, val_fraction, seed, split_mode=split_mode)
         if split not in lists:
             raise ValueError(f"{path}: a folder gives 'training' and 'validation' lists, not {split!r}.")
         return lists[split]
