@@ -44,7 +44,16 @@ def _workflow(config_files: Sequence[str], run_id: str, bundle_dir: Optional[str
 
 
 class FanetCLI:
-    """FANet as a MONAI bundle: train, evaluate, infer, ablation, demo."""
+    """FANet as a MONAI bundle: prepare, train, evaluate, infer, ablation, demo."""
+
+    def prepare(self, layout: str, root: str, out_json: str, seed: int = 0, **options: Any):
+        """Check a dataset in its native layout (kvasir-seg, cvc-clinicdb, dsb2018, isic2018, em-isbi2012, drive,
+        chase-db1, folder) and write the MONAI datalist ``out_json`` with the paper's split; prints a report.
+        Options: ``--split_order``, ``--val_from_train N``, ``--offline_copies N|paper``, ``--val_fraction``,
+        ``--test_fraction`` (see :func:`fanet_monai.data.layouts.prepare`)."""
+        from fanet_monai.data.layouts import prepare
+
+        prepare(layout, root, out_json, seed=seed, **options)
 
     def train(self, dataset_dir: str, bundle_root: str = ".", bundle_dir: Optional[str] = None, **overrides: Any):
         """Train on ``dataset_dir`` (``images/`` + ``masks/`` folder, or a datalist JSON); checkpoints go to

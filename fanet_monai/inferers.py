@@ -15,10 +15,31 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
-__all__ = ["IterativeRefinementInferer", "START_MASKS", "FEEDBACK_MODES"]
+__all__ = ["IterativeRefinementInferer", "UnrolledFeedbackInferer", "START_MASKS", "FEEDBACK_MODES", "start_mask"]
 
 START_MASKS: tuple[str, ...] = ("otsu", "otsu_inverted", "empty", "full")
 FEEDBACK_MODES: tuple[str, ...] = ("binary", "probability")
+
+
+def start_mask(images: torch.Tensor, kind: str = "otsu") -> torch.Tensor:
+    """The first feedback mask of ``images`` ``(B, C, *spatial)``: ``(B, 1, *spatial)`` on their device and dtype.
+
+    ``kind``: ``"otsu"`` (paper: blurred grayscale brighter than Otsu's threshold), ``"otsu_inverted"`` (darker than
+    the threshold, for dark targets such as vessels and membranes), ``"empty"`` (zeros) or ``"full"`` (ones).
+    Training (first epoch of the feedback cache) and test time (first refinement pass) use the same function.
+    """
+    if kind not in START_MASKS:
+        raise ValueError(f"start mask must be one of {list(START_MASKS)}, got {kind!r}.")
+    if isinstance(images, MetaTensor):
+        images = images.as_tensor()
+    shape = (images.shape[0], 1, *images.shape[2:])
+    if kind == "empty":
+        return torch.zeros(shape, device=images.device, dtype=images.dtype)
+    if kind == "full":
+        return torch.ones(shape, device=images.device, dtype=images.dtype)
+    from fanet_monai.feedback.otsu import otsu_mask_torch
+
+    return otsu_mask_torch(images, invert=kind == "otsu_inverted").to(device=images.device, dtype=images.dtype)
 
 
 class IterativeRefinementInferer(Inferer):
@@ -124,14 +145,8 @@ class IterativeRefinementInferer(Inferer):
             if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != shape:
                 got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
                 raise ValueError(f"start_mask callable must return a tensor of shape {shape}, got {got}.")
-        elif self.start_mask == "empty":
-            mask = torch.zeros(shape, device=images.device, dtype=images.dtype)
-        elif self.start_mask == "full":
-            mask = torch.ones(shape, device=images.device, dtype=images.dtype)
         else:
-            from fanet_monai.feedback.otsu import otsu_mask_torch
-
-            mask = otsu_mask_torch(images, invert=self.start_mask == "otsu_inverted")
+            mask = start_mask(images, self.start_mask)
         if isinstance(mask, MetaTensor):
             mask = mask.as_tensor()
         return mask.to(device=images.device, dtype=images.dtype)
@@ -254,3 +269,50 @@ class IterativeRefinementInferer(Inferer):
             out = MetaTensor(out)
             out.copy_meta_from(inputs)
         return out
+
+
+class UnrolledFeedbackInferer(Inferer):
+    """Training-time unrolled refinement: train on the prediction made after ``num_passes - 1`` feedback passes.
+
+    Used as the trainer's inferer. The input is FANet's one tensor ``(B, C + 1, *spatial)`` whose last channel is
+    the start mask (the same start mask as at test time). Passes ``1 .. num_passes - 1`` run without gradient, each
+    feeding its binarized (or probability) prediction to the next, exactly as :class:`IterativeRefinementInferer`
+    does at test time; pass ``num_passes`` runs with gradient. ``num_passes=1`` is plain single-pass training.
+
+    Args:
+        num_passes: passes per training step, ``>= 1``.
+        feedback: ``"binary"`` or ``"probability"``, as at test time.
+        threshold: probability threshold of binary feedback.
+        loss_on_every_pass: also keep the gradient of passes ``1 .. num_passes - 1`` and return every pass's logits
+            stacked along the channel dimension ``(B, num_passes, *spatial)`` (pass ``k`` in channel ``k - 1``), for
+            :class:`~fanet_monai.losses.PassAveragedLoss`. Otherwise returns the last pass ``(B, 1, *spatial)``.
+
+    The fed masks themselves are never differentiated through (they are thresholded, or detached probabilities).
+    """
+
+    def __init__(
+        self, num_passes: int = 2, feedback: str = "binary", threshold: float = 0.5, loss_on_every_pass: bool = False
+    ) -> None:
+        super().__init__()
+        if isinstance(num_passes, bool) or int(num_passes) != num_passes or num_passes < 1:
+            raise ValueError(f"num_passes must be an integer >= 1, got {num_passes!r}.")
+        if feedback not in FEEDBACK_MODES:
+            raise ValueError(f"feedback must be one of {list(FEEDBACK_MODES)}, got {feedback!r}.")
+        self.num_passes = int(num_passes)
+        self.feedback = feedback
+        self.threshold = float(threshold)
+        self.loss_on_every_pass = bool(loss_on_every_pass)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        image, mask = inputs[:, :-1], inputs[:, -1:]
+        outputs = []
+        for k in range(1, self.num_passes + 1):
+            with_grad = torch.is_grad_enabled() and (k == self.num_passes or self.loss_on_every_pass)
+            with torch.set_grad_enabled(with_grad):
+                logits = network(torch.cat([image, mask], dim=1), *args, **kwargs)
+            outputs.append(logits)
+            prob = torch.sigmoid(logits.detach())
+            mask = ((prob > self.threshold) if self.feedback == "binary" else prob).to(inputs.dtype)
+        if self.loss_on_every_pass:
+            return torch.cat(outputs, dim=1)
+        return outputs[-1]

@@ -227,3 +227,25 @@ def test_cuda_float32_and_amp_match():
             amp = net(x)
     assert ref.device.type == "cuda" and amp.dtype == torch.float16
     assert torch.allclose(ref, amp.float(), atol=5e-2)
+
+
+@pytest.mark.parametrize("wrap", [None, "network", "model"])
+def test_load_for_inference_folds_bn_and_matches_eager(tmp_path, wrap):
+    from fanet_monai.networks import fuse_conv_bn, load_for_inference
+
+    torch.manual_seed(0)
+    trained = FANet(channels=SMALL).train()
+    with torch.no_grad():  # give batch norm non-trivial running statistics
+        for _ in range(3):
+            trained(net_input(2, 32, 32))
+    trained.eval()
+    state = trained.state_dict()
+    path = tmp_path / "model.pt"
+    torch.save(state if wrap is None else {wrap: state, "optimizer": {}}, path)
+    fast = load_for_inference(FANet(channels=SMALL), path)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    x = net_input(2, 40, 36)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), trained(x), atol=1e-4)
+    with pytest.raises(ValueError, match="eval"):
+        fuse_conv_bn(FANet(channels=SMALL).train())

@@ -200,7 +200,7 @@ class FeedbackMaskHandler:
         Returns ``(key, binary mask (1, *cache_spatial) uint8)``.
         """
         key = sample_key(mask.meta)
-        prob = torch.sigmoid(pred.detach().float().cpu()[:1])
+        prob = torch.sigmoid(pred.detach().float().cpu()[-1:])  # the last pass when several are stacked
         coverage = torch.ones_like(prob)
         stacked = MetaTensor(torch.cat([prob, coverage]), meta=dict(mask.meta))
         trace = MetaTensor(mask.detach().cpu(), meta=dict(mask.meta))

@@ -1,0 +1,155 @@
+"""Training mask sources (previous / initial / mixed with perturbations), unrolled training, pass-averaged loss,
+and the feedback study's smoke mode."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.losses import DiceCELoss
+from scipy import ndimage
+
+from fanet_monai.feedback import FeedbackMaskCache, otsu_mask_torch
+from fanet_monai.feedback.sources import DEFAULT_MIX, normalize_mix, perturb_mask
+from fanet_monai.inferers import UnrolledFeedbackInferer, start_mask
+from fanet_monai.losses import PassAveragedLoss
+from fanet_monai.transforms import FeedbackMaskd
+
+
+def sample(name="a.png", size=(24, 32), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": MetaTensor(torch.rand(3, *size, generator=g), meta={"filename_or_obj": f"/x/{name}"})}
+
+
+def blob_mask(size=(24, 32)):
+    mask = np.zeros((1, *size), np.uint8)
+    mask[0, 4:12, 4:12] = 1
+    mask[0, 15:21, 20:30] = 1
+    return mask
+
+
+def test_previous_and_initial_sources():
+    cache = FeedbackMaskCache()
+    data = sample()
+    otsu = otsu_mask_torch(data["image"][None].as_tensor())[0]
+    previous = FeedbackMaskd("image", cache, source="previous")
+    assert torch.equal(previous(data)["mask"].as_tensor(), otsu)  # nothing cached yet: the start mask
+    cache.put("a.png", blob_mask())
+    assert torch.equal(previous(data)["mask"].as_tensor(), torch.as_tensor(blob_mask(), dtype=torch.float32))
+    initial = FeedbackMaskd("image", cache, source="initial")
+    assert torch.equal(initial(data)["mask"].as_tensor(), otsu)  # ignores the cache
+    for kind in ("otsu_inverted", "empty", "full"):
+        out = FeedbackMaskd("image", cache, source="initial", initial=kind)(data)["mask"].as_tensor()
+        assert torch.equal(out, start_mask(data["image"][None].as_tensor(), kind)[0])
+
+
+def test_mixed_source_draws_each_kind_with_its_probability():
+    cache = FeedbackMaskCache()
+    cache.put("a.png", blob_mask())
+    transform = FeedbackMaskd("image", cache, source="mixed", mix={"previous": 1, "empty": 1, "full": 2})
+    transform.set_random_state(0)
+    data = sample()
+    previous = torch.as_tensor(blob_mask(), dtype=torch.float32)
+    kinds = Counter()
+    for _ in range(400):
+        mask = transform(data)["mask"].as_tensor()
+        kinds["empty" if mask.sum() == 0 else "full" if mask.all() else "previous"] += 1
+        if 0 < mask.sum() < mask.numel():
+            assert torch.equal(mask, previous)
+    assert abs(kinds["full"] / 400 - 0.5) < 0.08 and abs(kinds["empty"] / 400 - 0.25) < 0.08
+
+
+def test_perturbed_previous_is_a_plausible_wrong_mask():
+    rng = np.random.RandomState(0)
+    mask = blob_mask()
+    dilated3 = ndimage.binary_dilation(mask[0], iterations=3)
+    changed = 0
+    for _ in range(50):
+        out = perturb_mask(mask, rng, max_radius=3, drop_probability=0.3)
+        assert out.shape == mask.shape and out.dtype == np.uint8
+        assert (out[0] <= dilated3).all()  # never beyond a 3-pixel dilation, never new blobs
+        changed += int(not np.array_equal(out, mask))
+    assert changed == 50
+    # some draws drop a blob entirely
+    counts = {ndimage.label(perturb_mask(mask, np.random.RandomState(s))[0])[1] for s in range(40)}
+    assert min(counts) < 2
+
+
+def test_mix_validation():
+    assert sum(normalize_mix(None).values()) == pytest.approx(1.0) and set(normalize_mix(None)) == set(DEFAULT_MIX)
+    with pytest.raises(ValueError, match="unknown mask sources"):
+        normalize_mix({"oracle": 1.0})
+    with pytest.raises(ValueError, match="not all 0"):
+        normalize_mix({"empty": 0.0})
+    with pytest.raises(ValueError, match="source must be one of"):
+        FeedbackMaskd("image", FeedbackMaskCache(), source="oracle")
+
+
+class RecordingNet(torch.nn.Module):
+    """logits = w * (2 * mask - 1) + shift, where shift grows the mask each pass; records each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(2.0))
+        self.calls = []
+
+    def forward(self, x):
+        mask = x[:, -1:]
+        self.calls.append((torch.is_grad_enabled(), mask.detach().clone()))
+        grown = torch.nn.functional.max_pool2d(mask, 3, 1, 1)  # dilate the mask by one pixel
+        return self.w * (2 * grown - 1)
+
+
+@pytest.mark.parametrize("every_pass", [False, True])
+def test_unrolled_inferer_runs_k_passes_and_backpropagates_through_the_last_unless_asked(every_pass):
+    net = RecordingNet()
+    x = torch.zeros(2, 4, 9, 9)
+    x[:, 3, 4, 4] = 1  # start mask: one pixel
+    inferer = UnrolledFeedbackInferer(num_passes=3, loss_on_every_pass=every_pass)
+    out = inferer(x, net)
+    assert len(net.calls) == 3
+    assert [grad for grad, _ in net.calls] == ([True] * 3 if every_pass else [False, False, True])
+    # pass k is fed the binarized prediction of pass k - 1: a square growing by one pixel per pass
+    for k, (_, mask) in enumerate(net.calls):
+        assert mask[0, 0].sum() == (2 * k + 1) ** 2
+    assert out.shape == ((2, 3, 9, 9) if every_pass else (2, 1, 9, 9))
+    loss = PassAveragedLoss(torch.nn.MSELoss())(out, torch.ones(2, 1, 9, 9))
+    loss.backward()
+    assert net.w.grad is not None and net.w.grad != 0
+    with torch.no_grad():
+        assert not inferer(x, net).requires_grad
+
+
+def test_pass_averaged_loss_is_the_mean_over_passes():
+    base = DiceCELoss(sigmoid=True)
+    pred, target = torch.randn(2, 3, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    expected = sum(base(pred[:, k : k + 1], target) for k in range(3)) / 3
+    assert torch.allclose(PassAveragedLoss(base)(pred, target), expected)
+    assert torch.allclose(PassAveragedLoss(base)(pred[:, :1], target), base(pred[:, :1], target))
+
+
+def test_unrolled_and_mixed_training_run_in_the_bundle(tmp_path):
+    from tests.test_bundle_training import tiny_overrides, workflow
+    from fanet_monai.data import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", num_images=6, height=32, width=32, seed=0)
+    wf = workflow(**tiny_overrides(tmp_path / "run", data, image_size=[32, 32], max_epochs=1, mask_source="mixed",
+                                   unroll_passes=2, loss_on_every_pass=True, start_mask="otsu_inverted"))
+    wf.run()
+    cache = wf.parser.get_parsed_content("feedback_cache")
+    assert len(cache) == 5 and all(cache.get(k).shape == (1, 32, 32) for k in cache.keys())
+    assert wf.parser.get_parsed_content("train#inferer").num_passes == 2
+    assert wf.parser.get_parsed_content("validate#inferer").start_mask == "otsu_inverted"
+
+
+def test_feedback_study_smoke(tmp_path, capsys):
+    from benchmarks.feedback_study import main
+
+    results = main(["--smoke", "--workdir", str(tmp_path), "--polarity", "membrane"])
+    assert [r["name"] for r in results] == ["b4_paper", "b4_unrolled2"]
+    printed = capsys.readouterr().out
+    assert "Dice p1" in printed and "FANet B4, paper" in printed
+    assert (tmp_path / "study.json").is_file()
