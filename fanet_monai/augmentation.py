@@ -55,6 +55,8 @@ from monai.transforms import (
 from monai.data.meta_obj import get_track_meta
 from monai.utils import TraceKeys, convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
 
+from fanet_monai.feedback.otsu import to_grayscale_torch
+
 __all__ = [
     "AUGMENTATIONS",
     "PAPER_PROBS",
@@ -365,8 +367,7 @@ class RandGrayscaled(RandomizableTransform, MapTransform):
             image = d[key]
             if image.shape[0] != 3:
                 continue
-            weights = torch.as_tensor([0.299, 0.587, 0.114], dtype=torch.float32).view(3, 1, 1)
-            gray = (convert_to_tensor(image, track_meta=False).float() * weights).sum(0, keepdim=True)
+            gray = to_grayscale_torch(convert_to_tensor(image, track_meta=False).float()[None])[0]
             d[key] = convert_to_dst_type(gray.repeat(3, 1, 1), image)[0]
         return d
 
