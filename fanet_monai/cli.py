@@ -67,7 +67,10 @@ class FanetCLI:
             h for h in workflow.parser.get_parsed_content("train#handlers")
             if type(h).__name__ == "FeedbackMaskHandler"
         )
-        return {"feedback_mask_dice_per_epoch": [round(v, 4) for v in handler.history]}
+        return {
+            "feedback_mask_dice_per_epoch": [round(v, 4) for v in handler.history],
+            "stored_mask_dice_per_epoch": [round(v, 4) for v in handler.stored_history],
+        }
 
     def evaluate(
         self, dataset_dir: str, bundle_root: str = ".", bundle_dir: Optional[str] = None, **overrides: Any
@@ -125,11 +128,13 @@ class FanetCLI:
         )
         print("\ntest-time refinement of the validation images (best checkpoint, Otsu start):")
         self.evaluate(str(data), bundle_root=out_dir, image_size=[size, size], seed=seed, **overrides)
-        dice = result["feedback_mask_dice_per_epoch"]
-        print("\nfeedback masks fed to the network during training (Dice vs labels; epoch 1 = Otsu start):")
-        print("| epoch | " + " | ".join(str(i + 1) for i in range(len(dice))) + " |")
-        print("|---" * (len(dice) + 1) + "|")
-        print("| Dice | " + " | ".join(f"{d:.3f}" for d in dice) + " |")
+        fed, stored = result["feedback_mask_dice_per_epoch"], result["stored_mask_dice_per_epoch"]
+        print("\nfeedback masks during training, Dice vs labels (fed: what the network was given; stored: its "
+              "prediction, cached for the next epoch):")
+        print("| epoch | " + " | ".join(str(i + 1) for i in range(len(fed))) + " |")
+        print("|---" * (len(fed) + 1) + "|")
+        print("| fed | " + " | ".join(f"{d:.3f}" for d in fed) + " |")
+        print("| stored | " + " | ".join(f"{d:.3f}" for d in stored) + " |")
         print(f"\ndemo finished in {time.time() - start:.0f} s; checkpoints in {Path(out_dir) / 'models'}, "
               f"metrics and figures in {Path(out_dir) / 'eval'}")
         return None

@@ -65,6 +65,7 @@ def test_two_epoch_training_saves_network_and_feedback_cache(tmp_path, dataset_d
     assert set(cache.keys()) == training_keys
     handler = next(h for h in wf.parser.get_parsed_content("train#handlers") if type(h).__name__ == "FeedbackMaskHandler")
     assert len(handler.history) == 2 and trainer.state.metrics["feedback_mask_dice"] == handler.history[-1]
+    assert len(handler.stored_history) == 2 and 0 <= trainer.state.metrics["stored_mask_dice"] <= 1
 
     models = tmp_path / "models"
     assert (models / "model.pt").is_file()  # best network by validation Dice

@@ -65,7 +65,10 @@ class FeedbackMaskHandler:
     - ``Events.ITERATION_COMPLETED``: each prediction is binarized, mapped back to the preprocessed frame with the
       inverse of the augmentation that produced the sample, and stored under the sample's file name. Pixels that the
       augmented view did not cover (cropped or rotated out) keep their previous mask.
-    - ``Events.EPOCH_COMPLETED``: ``engine.state.metrics[metric_name]`` = mean Dice of the fed masks vs labels.
+    - ``Events.EPOCH_COMPLETED``: ``engine.state.metrics[metric_name]`` = mean Dice of the fed masks vs labels, and
+      ``engine.state.metrics["stored_mask_dice"]`` = mean Dice of the masks stored this epoch vs labels (both in the
+      augmented frame, as the network saw them). With the paper's ``previous`` source, epoch ``e``'s fed masks are
+      epoch ``e - 1``'s stored ones (Otsu at epoch 1); with unrolled training the fed mask is always the start mask.
 
     The dataset transform must contain one :class:`~fanet_monai.transforms.FeedbackMaskd`; the transforms before it
     must be deterministic (they define the cache frame), the ones after it are the augmentation that is inverted.
@@ -98,8 +101,9 @@ class FeedbackMaskHandler:
         self.transform = transform
         self.metric_name = metric_name
         self.history: List[float] = []  # mean Dice of fed masks vs labels, one value per epoch
-        self._dice_sum = 0.0
-        self._dice_count = 0
+        self.stored_history: List[float] = []  # mean Dice of the stored (predicted) masks vs labels, per epoch
+        self._dice_sum = self._stored_sum = 0.0
+        self._dice_count = self._stored_count = 0
         self._invert: Optional[Invertd] = None
         self._preprocess_end = 0
         self.logger = logging.getLogger(__name__)
@@ -166,7 +170,8 @@ class FeedbackMaskHandler:
 
     # -- per iteration --------------------------------------------------------------------------------------------
     def _reset_epoch(self, engine: Engine) -> None:
-        self._dice_sum, self._dice_count = 0.0, 0
+        self._dice_sum = self._stored_sum = 0.0
+        self._dice_count = self._stored_count = 0
 
     def feed(self, engine: Engine) -> None:
         """Network input = image ⊕ mask; accumulate the Dice of the fed masks against the labels."""
@@ -186,13 +191,17 @@ class FeedbackMaskHandler:
         batch, output = engine.state.batch, engine.state.output
         if isinstance(batch, dict):  # decollate=False: split into per-sample items
             n = len(batch[self.mask_key])
-            masks = [batch[self.mask_key][i] for i in range(n)]
+            items = [{k: batch[k][i] for k in (self.mask_key, self.label_key) if k in batch} for i in range(n)]
             preds = [output[self.pred_key][i] for i in range(n)]
         else:
-            masks = [item[self.mask_key] for item in batch]
-            preds = [item[self.pred_key] for item in output]
-        for mask, pred in zip(masks, preds):
-            self.cache.put(*self.to_cache_frame(mask, pred))
+            items, preds = batch, [item[self.pred_key] for item in output]
+        for item, pred in zip(items, preds):
+            self.cache.put(*self.to_cache_frame(item[self.mask_key], pred))
+            label = item.get(self.label_key)
+            if label is not None:
+                binary = (torch.sigmoid(pred.detach()[-1:].float()) > self.threshold).float().cpu()
+                self._stored_sum += float(_dice(binary[None], (label[None].cpu() > 0.5).float()).sum())
+                self._stored_count += 1
 
     def to_cache_frame(self, mask: MetaTensor, pred: torch.Tensor) -> tuple:
         """Map one prediction ``(1, *spatial)`` (logits, augmented frame) into the cache frame.
@@ -216,10 +225,14 @@ class FeedbackMaskHandler:
 
     def report(self, engine: Engine) -> None:
         value = self._dice_sum / max(self._dice_count, 1)
+        stored = self._stored_sum / max(self._stored_count, 1)
         self.history.append(value)
+        self.stored_history.append(stored)
         engine.state.metrics[self.metric_name] = value
+        engine.state.metrics["stored_mask_dice"] = stored
         self.logger.info(
-            f"epoch {engine.state.epoch}: mean Dice of fed feedback masks vs labels = {value:.4f} "
+            f"epoch {engine.state.epoch}: mean Dice vs labels of the fed feedback masks = {value:.4f}, of the "
+            f"stored predictions = {stored:.4f} "
             f"(cache {len(self.cache)} masks, {self.cache.nbytes} bytes RLE vs {self.cache.raw_nbytes} raw)"
         )
 
