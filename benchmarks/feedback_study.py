@@ -37,7 +37,7 @@ BASICUNET = {
     "network": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1},
 }
 
-# the paper's procedure, spelled out: the bundle's defaults are the study's winner (unrolled K=2)
+# the paper's procedure, spelled out: the bundle's defaults are the study's winner (mixed masks + unrolled K=2)
 PAPER = {"mask_source": "previous", "unroll_passes": 1, "start_mask": "otsu"}
 
 # name -> (description, training/test overrides, evaluation passes)
@@ -52,7 +52,7 @@ CONFIGS: Dict[str, tuple] = {
     "b4_empty_start": ("B4 paper, empty start (train + test)", dict(PAPER, start_mask="empty"), 10),
     "b4_mixed": ("B4, mixed training masks (prev/perturbed/Otsu/empty)", dict(PAPER, mask_source="mixed"), 10),
     "b4_unrolled2": (
-        "B4, unrolled K=2 from the start mask (bundle default)", {"mask_source": "initial", "unroll_passes": 2}, 10
+        "B4, unrolled K=2 from the start mask", {"mask_source": "initial", "unroll_passes": 2}, 10
     ),
     "b4_unrolled3_all": (
         "B4, unrolled K=3, loss on every pass",
@@ -60,7 +60,7 @@ CONFIGS: Dict[str, tuple] = {
         10,
     ),
     "b4_mixed_unrolled2": (
-        "B4, mixed masks + unrolled K=2",
+        "B4, mixed masks + unrolled K=2 (bundle default)",
         {"mask_source": "mixed", "unroll_passes": 2},
         10,
     ),
