@@ -85,8 +85,9 @@ def main() -> None:
     for name, baseline in models.items():
         root = work / name.replace(" ", "_")
         overrides = dict(common, bundle_root=str(root))
-        if baseline is not None:
+        if baseline is not None:  # no feedback: plain single-pass training
             overrides["network_def"] = {"_target_": "fanet_monai.networks.ImageOnlyNetwork", "network": baseline}
+            overrides.update(mask_source="previous", unroll_passes=1)
         start = time.time()
         run_bundle(train, "training", **overrides)
         train_time = time.time() - start
