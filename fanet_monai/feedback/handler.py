@@ -166,7 +166,7 @@ class FeedbackMaskHandler:
             missing += 1
         if missing:
             self.cache.commit()  # the initial masks are the epoch-0 state under every update policy
-        self.logger.info(f"feedback cache: {len(self.cache)} masks ({missing} initialised from Otsu).")
+        self.logger.info(f"feedback cache: {len(self.cache)} masks ({missing} given the start mask).")
 
     # -- per iteration --------------------------------------------------------------------------------------------
     def _reset_epoch(self, engine: Engine) -> None:
