@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from monai.data import DataLoader, Dataset, decollate_batch
+from monai.data import DataLoader, Dataset
 from monai.losses import DiceCELoss
 from monai.transforms import Compose, EnsureTyped, RandFlipd, RandRotated
 

@@ -22,13 +22,8 @@ from typing import Dict, List
 import numpy as np
 from PIL import Image
 
-from fanet_monai.cli import bundle_configs
+from fanet_monai.bundle import bundle_configs, run_workflow
 from fanet_monai.data import make_synthetic_dataset
-
-try:  # as a script: benchmarks/ is on sys.path
-    from refinement import run_bundle
-except ImportError:  # imported as benchmarks.feedback_study
-    from benchmarks.refinement import run_bundle
 
 SHARED_EM = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em"
 
@@ -91,9 +86,9 @@ def run_config(name: str, data: Path, work: Path, common: dict) -> dict:
     root = work / name
     settings = dict(common, bundle_root=str(root), **overrides)
     start = time.time()
-    run_bundle(bundle_configs("train"), "training", **settings)
+    run_workflow(bundle_configs("train"), "training", **settings)
     train_s = time.time() - start
-    workflow = run_bundle(
+    workflow = run_workflow(
         bundle_configs("train", "evaluate"), "evaluating",
         **dict(settings, num_passes=passes, num_qualitative=0, check_data=False),  # checked before training
     )

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from monai.bundle import ConfigWorkflow
 
-from fanet_monai.cli import bundle_configs
+from fanet_monai.bundle import bundle_configs, load_workflow, run_workflow
 from fanet_monai.data import make_synthetic_dataset
 from fanet_monai.inferers import IterativeRefinementInferer
 
@@ -32,20 +31,6 @@ BASELINES = {
         "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2],
     },
 }
-
-
-def load_bundle(configs, run_id="run", **overrides) -> ConfigWorkflow:
-    configs_dir = Path(configs[0]).parent
-    workflow = ConfigWorkflow(config_file=configs, meta_file=str(configs_dir / "metadata.json"),
-                              logging_file=str(configs_dir / "logging.conf"), run_id=run_id, **overrides)
-    workflow.initialize()
-    return workflow
-
-
-def run_bundle(configs, run_id, **overrides) -> ConfigWorkflow:
-    workflow = load_bundle(configs, run_id, **overrides)
-    workflow.run()
-    return workflow
 
 
 def images_per_second(fn, images: torch.Tensor, repeats: int) -> float:
@@ -89,17 +74,17 @@ def main() -> None:
             overrides["network_def"] = {"_target_": "fanet_monai.networks.ImageOnlyNetwork", "network": baseline}
             overrides.update(mask_source="previous", unroll_passes=1)
         start = time.time()
-        run_bundle(train, "training", **overrides)
+        run_workflow(train, "training", **overrides)
         train_time = time.time() - start
         passes = 10 if baseline is None else 1
-        workflow = run_bundle(evaluate, "evaluating", **dict(overrides, num_passes=passes, num_qualitative=0))
+        workflow = run_workflow(evaluate, "evaluating", **dict(overrides, num_passes=passes, num_qualitative=0))
         rows = workflow.parser.get_parsed_content("evaluate#pass_metrics").rows
         results[name] = {"rows": rows, "train_s": train_time}
         networks[name] = workflow.parser.get_parsed_content("network").eval()
         print(f"trained and evaluated {name} in {train_time:.0f} s", flush=True)
 
     # speed on the validation images, resized
-    workflow = load_bundle(evaluate, **dict(common, bundle_root=str(work / "speed")))
+    workflow = load_workflow(evaluate, **dict(common, bundle_root=str(work / "speed")))
     images = torch.stack([item["image"].as_tensor() for item in workflow.parser.get_parsed_content(
         "evaluate#dataset")][: args.batch])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -9,38 +9,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Optional
 
 import fire
 
-__all__ = ["FanetCLI", "bundle_configs", "main"]
+from fanet_monai.bundle import bundle_configs, run_workflow
 
-BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
-
-
-def bundle_configs(*names: str, bundle_dir: Optional[str] = None) -> List[str]:
-    """Paths of ``bundle_dir/configs/{name}.json``; raises ``FileNotFoundError`` naming the missing file."""
-    root = Path(bundle_dir) if bundle_dir else BUNDLE_DIR
-    paths = [root / "configs" / f"{name}.json" for name in names]
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: bundle config not found (pass --bundle_dir to point at the bundle).")
-    return [str(p) for p in paths]
-
-
-def _workflow(config_files: Sequence[str], run_id: str, bundle_dir: Optional[str], **overrides: Any):
-    from monai.bundle import ConfigWorkflow
-
-    configs = Path(config_files[0]).parent
-    workflow = ConfigWorkflow(
-        config_file=list(config_files),
-        meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"),
-        run_id=run_id,
-        **overrides,
-    )
-    workflow.initialize()
-    return workflow
+__all__ = ["FanetCLI", "main"]
 
 
 class FanetCLI:
@@ -57,12 +32,11 @@ class FanetCLI:
 
     def train(self, dataset_dir: str, bundle_root: str = ".", bundle_dir: Optional[str] = None, **overrides: Any):
         """Train on ``dataset_dir`` (``images/`` + ``masks/`` folder, or a datalist JSON); checkpoints go to
-        ``bundle_root/models``. Returns the per-epoch Dice of the fed feedback masks."""
-        workflow = _workflow(
-            bundle_configs("train", bundle_dir=bundle_dir), "training", bundle_dir,
+        ``bundle_root/models``. Returns the per-epoch Dice of the fed and of the stored feedback masks."""
+        workflow = run_workflow(
+            bundle_configs("train", bundle_dir=bundle_dir), "training",
             dataset_dir=dataset_dir, bundle_root=bundle_root, **overrides,
         )
-        workflow.run()
         handler = next(
             h for h in workflow.parser.get_parsed_content("train#handlers")
             if type(h).__name__ == "FeedbackMaskHandler"
@@ -78,21 +52,19 @@ class FanetCLI:
         """Refine the validation (``--eval_split test`` for a datalist's test list) images pass by pass with
         ``bundle_root/models/model.pt`` and report the paper's metrics per pass and with early stop; writes
         ``metrics_per_pass.csv``, ``metrics_per_pass.png`` and ``qualitative.png`` to ``bundle_root/eval``."""
-        workflow = _workflow(
-            bundle_configs("train", "evaluate", bundle_dir=bundle_dir), "evaluating", bundle_dir,
+        run_workflow(  # PassWiseEvaluationHandler prints the table of metrics per pass
+            bundle_configs("train", "evaluate", bundle_dir=bundle_dir), "evaluating",
             dataset_dir=dataset_dir, bundle_root=bundle_root, **overrides,
         )
-        workflow.run()  # PassWiseEvaluationHandler prints the table of metrics per pass
 
     def infer(self, dataset_dir: str, output_dir: str, bundle_root: str = ".", bundle_dir: Optional[str] = None,
               **overrides: Any):
         """Write a binary mask for every image of ``dataset_dir`` (a folder, its ``images/``, or a datalist JSON)
         into ``output_dir``, same size and geometry as the input (PNG for bitmaps, NIfTI for NIfTI)."""
-        workflow = _workflow(
-            bundle_configs("inference", bundle_dir=bundle_dir), "run", bundle_dir,
+        run_workflow(
+            bundle_configs("inference", bundle_dir=bundle_dir), "run",
             dataset_dir=dataset_dir, output_dir=output_dir, bundle_root=bundle_root, **overrides,
         )
-        workflow.run()
         print(f"masks written to {output_dir}")
 
     def ablation(self, dataset_dir: str, b1: str, b3: str, b4: str, output_dir: str = "ablation",

@@ -76,8 +76,6 @@ ABLATION_VARIANTS: dict[str, tuple[str, bool]] = {
     "B4": ("B4", True),
 }
 
-_BUNDLE_CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
-
 
 def early_stop_passes(binary: torch.Tensor, tolerance: float) -> torch.Tensor:
     """Per image, the pass at which :class:`~fanet_monai.inferers.IterativeRefinementInferer` with
@@ -531,13 +529,12 @@ def ablation_table(
     Raises:
         ValueError: a name that is not one of :data:`ABLATION_VARIANTS`.
     """
-    from monai.bundle import ConfigWorkflow
+    from fanet_monai.bundle import bundle_configs, run_workflow
 
     unknown = sorted(set(checkpoints) - set(ABLATION_VARIANTS))
     if unknown:
         raise ValueError(f"unknown ablation rows {unknown}; valid names: {list(ABLATION_VARIANTS)}.")
-    files = [str(f) for f in (config_files or (_BUNDLE_CONFIGS / "train.json", _BUNDLE_CONFIGS / "evaluate.json"))]
-    meta_file = Path(files[0]).parent / "metadata.json"
+    files = [str(f) for f in config_files] if config_files else bundle_configs("train", "evaluate")
     out = Path(output_dir)
     rows: list[dict[str, Any]] = []
     for name in (n for n in ABLATION_VARIANTS if n in checkpoints):
@@ -549,15 +546,7 @@ def ablation_table(
             settings["num_passes"] = 1
         elif num_passes is not None:
             settings["num_passes"] = int(num_passes)
-        workflow = ConfigWorkflow(
-            config_file=files,
-            meta_file=str(meta_file) if meta_file.is_file() else None,
-            workflow_type=None,
-            run_id="evaluating",
-            **settings,
-        )
-        workflow.initialize()
-        workflow.run()
+        workflow = run_workflow(files, "evaluating", **settings)
         handler: PassWiseEvaluationHandler = workflow.parser.get_parsed_content("evaluate#pass_metrics")
         network: torch.nn.Module = workflow.parser.get_parsed_content("network")
         in_channels = int(getattr(network, "in_channels", 3)) + 1  # image channels + the feedback mask

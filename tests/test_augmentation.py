@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose, Rand2DElasticd, RandGridDistortiond, RandRotated
 
+from fanet_monai.bundle import bundle_configs, load_workflow
 from fanet_monai.augmentation import (
     PAPER_PROBS,
     RandCropResized,
@@ -176,10 +177,7 @@ def workflow(tmp_path, dataset, **extra):
         "network_def#channels": [8, 8, 8, 8],
     }
     overrides.update(extra)
-    wf = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"),
-                        logging_file=str(CONFIGS / "logging.conf"), workflow_type="train", **overrides)
-    wf.initialize()
-    return wf
+    return load_workflow(bundle_configs("train"), **overrides)
 
 
 def test_paper_augmentation_trains_one_epoch_in_the_bundle(tmp_path):

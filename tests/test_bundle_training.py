@@ -14,6 +14,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
+from fanet_monai.bundle import load_workflow
 from fanet_monai.checkpoints import latest_checkpoint
 from fanet_monai.data import folder_datalist, make_synthetic_dataset
 from fanet_monai.feedback import FeedbackMaskCache, sample_key
@@ -41,11 +42,7 @@ def tiny_overrides(bundle_root: Path, dataset_dir: Path, **extra) -> dict:
 
 
 def workflow(**overrides) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=str(TRAIN), meta_file=str(META), logging_file=str(LOGGING), workflow_type="train", **overrides
-    )
-    wf.initialize()
-    return wf
+    return load_workflow([TRAIN], **overrides)
 
 
 @pytest.fixture(scope="module")

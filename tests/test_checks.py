@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 from monai.transforms import Compose
 from PIL import Image
 
+from fanet_monai.bundle import bundle_configs, load_workflow
 from fanet_monai.data.checks import DataCheckError, binarize_mask, check_datalist
 from fanet_monai.data.layouts import prepare
 
@@ -167,10 +168,7 @@ def bundle(tmp_path, dataset, **extra):
         "network_def#channels": [8, 8, 8, 8],
     }
     overrides.update(extra)
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"),
-                              logging_file=str(CONFIGS / "logging.conf"), workflow_type="train", **overrides)
-    workflow.initialize()
-    return workflow
+    return load_workflow(bundle_configs("train"), **overrides)
 
 
 def cause_chain(error: BaseException):

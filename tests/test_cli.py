@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fanet_monai.cli import FanetCLI, bundle_configs
+from fanet_monai.bundle import bundle_configs
+from fanet_monai.cli import FanetCLI
 
 TINY = ["--num_workers", "0", "--num_passes", "2", "--network_def#channels", "[8,16,16,16]"]
 

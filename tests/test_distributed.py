@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
+
+from fanet_monai.bundle import load_workflow
 
 from fanet_monai import FANet
 from fanet_monai.checkpoints import latest_checkpoint
@@ -242,9 +244,7 @@ def test_only_rank_zero_writes_checkpoints_and_logs(ddp_run):
 
 def test_checkpoint_resumes_in_a_single_process_run(ddp_run):
     overrides = {**ddp_run["overrides"], "max_epochs": 3, "resume": True}
-    workflow = ConfigWorkflow(config_file=str(TRAIN), meta_file=str(META), logging_file=str(LOGGING),
-                              workflow_type="train", **overrides)
-    workflow.initialize()
+    workflow = load_workflow([TRAIN], **overrides)
     trainer = workflow.parser.get_parsed_content("train#trainer")
     cache = workflow.parser.get_parsed_content("feedback_cache")
     network = workflow.parser.get_parsed_content("network")

@@ -16,6 +16,7 @@ from monai.engines import SupervisedEvaluator
 from PIL import Image
 
 from fanet_monai import FANet
+from fanet_monai.bundle import run_workflow
 from fanet_monai.data import make_synthetic_dataset
 from fanet_monai.evaluation import (
     TABLE_IX_COLUMNS,
@@ -119,15 +120,7 @@ def tiny_checkpoint(path: Path, variant: str = "B4") -> Path:
 
 
 def run_bundle(config_file, run_id: str = "run", **overrides) -> ConfigWorkflow:
-    workflow = ConfigWorkflow(
-        config_file=[str(f) for f in config_file],
-        meta_file=str(CONFIGS / "metadata.json"),
-        workflow_type=None,
-        run_id=run_id,
-        **overrides,
-    )
-    workflow.initialize()
-    workflow.run()
+    workflow = run_workflow(config_file, run_id, **overrides)
     workflow.finalize()
     return workflow
 

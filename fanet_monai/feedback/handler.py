@@ -9,7 +9,7 @@ with the inverse of the augmentation → cache.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 from monai.data import MetaTensor
