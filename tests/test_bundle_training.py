@@ -147,3 +147,31 @@ def test_resume_without_checkpoint_names_the_folder(tmp_path, dataset_dir):
     cause = error.value.__cause__
     assert isinstance(cause, FileNotFoundError) and str(tmp_path / "models") in str(cause)
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_epoch_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    """A save that dies half-way leaves the previous checkpoint intact and no truncated checkpoint file."""
+    from ignite.engine import Engine, Events
+
+    from fanet_monai.checkpoints import AtomicCheckpointSaver
+
+    objects = {"network": torch.nn.Linear(2, 2), "other": torch.nn.Linear(1, 1)}
+    with pytest.raises(ValueError, match="n_saved >= 2"):
+        AtomicCheckpointSaver(str(tmp_path), objects, save_interval=1, n_saved=1)
+    engine = Engine(lambda e, b: None)
+    AtomicCheckpointSaver(str(tmp_path), objects, save_interval=1, n_saved=2, epoch_level=True).attach(engine)
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        if engine.state.epoch == 3:
+            f.write(b"partial")  # like a process killed while writing
+            raise KeyboardInterrupt
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run([0], max_epochs=3)
+    path = latest_checkpoint(tmp_path)
+    assert path.endswith("checkpoint_epoch=2.pt")  # epoch 1 was removed before epoch 3 was written; 3 never landed
+    assert set(torch.load(path, weights_only=True)) == {"network", "other"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=2.pt"]
