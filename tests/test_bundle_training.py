@@ -151,7 +151,7 @@ def test_resume_without_checkpoint_names_the_folder(tmp_path, dataset_dir):
 
 def test_epoch_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     """A save that dies half-way leaves the previous checkpoint intact and no truncated checkpoint file."""
-    from ignite.engine import Engine, Events
+    from ignite.engine import Engine
 
     from fanet_monai.checkpoints import AtomicCheckpointSaver
 
