@@ -25,7 +25,7 @@ from monai.transforms import Compose, EnsureTyped, RandFlipd, RandRotated
 from fanet_monai import FANet
 from fanet_monai.feedback import FeedbackMaskCache, sample_key
 from fanet_monai.feedback.handler import FeedbackMaskHandler
-from fanet_monai.transforms import FeedbackMaskd
+from fanet_monai.feedback.transforms import FeedbackMaskd
 
 KEYS = ["image", "label", "mask"]
 
@@ -78,7 +78,7 @@ def main() -> None:
     ]
     transform = Compose([EnsureTyped(["image", "label"]), feedback, *augmentation])
     loader = DataLoader(Dataset(items, transform), batch_size=batch, num_workers=0)
-    handler = FeedbackMaskHandler(cache)
+    handler = FeedbackMaskHandler(cache, transform)
     handler.initialize(SimpleNamespace(data_loader=loader))
 
     # the feedback work for one batch, with the masks already in the cache

@@ -98,7 +98,7 @@ def main() -> None:
             ("FANet B4", "10 passes"): images_per_second(lambda x: ten(x, fanet), images, args.repeats),
             ("FANet B4", "early stop"): images_per_second(lambda x: early(x, fanet), images, args.repeats),
         }
-        early_passes_at_speed_size = float(early.last_num_passes.float().mean())
+        early_passes_at_speed_size = float(early.refine(images, fanet).num_passes.float().mean())
         for name in BASELINES:
             net = networks[name].to(device)
             speed[(name, "1 pass")] = images_per_second(lambda x: one(x, net), images, args.repeats)

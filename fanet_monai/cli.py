@@ -37,10 +37,7 @@ class FanetCLI:
             bundle_configs("train", bundle_dir=bundle_dir), "training",
             dataset_dir=dataset_dir, bundle_root=bundle_root, **overrides,
         )
-        handler = next(
-            h for h in workflow.parser.get_parsed_content("train#handlers")
-            if type(h).__name__ == "FeedbackMaskHandler"
-        )
+        handler = workflow.parser.get_parsed_content("train#feedback_handler")
         return {
             "feedback_mask_dice_per_epoch": [round(v, 4) for v in handler.history],
             "stored_mask_dice_per_epoch": [round(v, 4) for v in handler.stored_history],
@@ -70,7 +67,7 @@ class FanetCLI:
     def ablation(self, dataset_dir: str, b1: str, b3: str, b4: str, output_dir: str = "ablation",
                  num_passes: Optional[int] = None, bundle_dir: Optional[str] = None, **overrides: Any):
         """Paper Table IX for trained B1, B3 and B4 checkpoints (B2 = the B4 weights evaluated with one pass)."""
-        from fanet_monai.evaluation import ablation_table
+        from fanet_monai.ablation import ablation_table
 
         ablation_table(
             {"B1": b1, "B2": b4, "B3": b3, "B4": b4}, dataset_dir, output_dir, num_passes, overrides,

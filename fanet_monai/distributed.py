@@ -6,12 +6,11 @@ The configs only wire these functions together; the decisions live here, where t
   global rank, so multi-node runs pick the right GPU);
 - :func:`backend_for`: ``nccl`` for a CUDA device, ``gloo`` for the CPU;
 - :func:`init_distributed` / :func:`finalize_distributed`: the process group (``env://``, as ``torchrun`` sets it);
-- :func:`wrap_ddp`: the DDP network, with ``find_unused_parameters`` decided by
-  :func:`needs_unused_parameter_detection` (FANet's MixPool learned maps get no gradient unless
-  ``straight_through=True``);
+- :func:`get_rank` / :func:`get_world_size`: of the default or a given process group (0 and 1 without one);
 - :func:`quiet_non_zero_ranks`: only rank 0 logs at INFO level.
 
 Every function also works without a process group (single process), where the rank is 0 and the world size 1.
+The DDP wrapper of the network is :func:`fanet_monai.networks.ddp.wrap_ddp`.
 """
 
 from __future__ import annotations
@@ -19,11 +18,10 @@ from __future__ import annotations
 import logging
 import os
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 
 __all__ = [
     "backend_for",
@@ -33,9 +31,7 @@ __all__ = [
     "get_world_size",
     "init_distributed",
     "is_distributed",
-    "needs_unused_parameter_detection",
     "quiet_non_zero_ranks",
-    "wrap_ddp",
 ]
 
 
@@ -44,14 +40,14 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def get_rank() -> int:
-    """Global rank, 0 without a process group."""
-    return dist.get_rank() if is_distributed() else 0
+def get_rank(group: Any | None = None) -> int:
+    """Rank in ``group`` (default: the world), 0 without a process group."""
+    return dist.get_rank(group) if is_distributed() else 0
 
 
-def get_world_size() -> int:
-    """Number of processes, 1 without a process group."""
-    return dist.get_world_size() if is_distributed() else 1
+def get_world_size(group: Any | None = None) -> int:
+    """Number of processes in ``group`` (default: the world), 1 without a process group."""
+    return dist.get_world_size(group) if is_distributed() else 1
 
 
 def distributed_device() -> torch.device:
@@ -69,7 +65,7 @@ def backend_for(device: torch.device | str) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def init_distributed(device: torch.device | str | None = None, timeout_minutes: Optional[float] = None) -> torch.device:
+def init_distributed(device: torch.device | str | None = None, timeout_minutes: float | None = None) -> torch.device:
     """Start the default process group (``env://``) unless one is up, and make ``device`` the current CUDA device.
 
     Args:
@@ -102,50 +98,6 @@ def finalize_distributed() -> None:
     if is_distributed():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def needs_unused_parameter_detection(network: nn.Module) -> bool:
-    """Whether DDP must look for parameters that get no gradient (``find_unused_parameters=True``).
-
-    FANet's MixPool thresholds its learned attention map (``> 0.5``): without ``straight_through`` no gradient
-    reaches the map's convolutions (about 1 M of the 7.7 M parameters of B4), and DDP would wait for their
-    gradients forever. Networks without such MixPool blocks (variant B1, ``straight_through=True``, other MONAI
-    networks) use every parameter, and skipping the search saves a graph traversal per step.
-    """
-    from fanet_monai.networks.blocks import MixPool
-
-    module = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
-    return any(isinstance(m, MixPool) and not m.straight_through for m in module.modules())
-
-
-def wrap_ddp(
-    network: nn.Module,
-    device: torch.device | str,
-    find_unused_parameters: Optional[bool] = None,
-    sync_batchnorm: bool = False,
-    **kwargs: Any,
-) -> nn.parallel.DistributedDataParallel:
-    """Move ``network`` to ``device`` and wrap it in ``DistributedDataParallel``.
-
-    Args:
-        network: the network (e.g. the bundle's ``network_def``).
-        device: this rank's device; CUDA devices become DDP's single ``device_ids`` entry, the CPU gets none.
-        find_unused_parameters: ``None`` decides with :func:`needs_unused_parameter_detection`.
-        sync_batchnorm: convert BatchNorm layers to ``SyncBatchNorm`` (batch statistics over all ranks; CUDA only).
-        kwargs: further ``DistributedDataParallel`` arguments.
-    """
-    device = torch.device(device)
-    if find_unused_parameters is None:
-        find_unused_parameters = needs_unused_parameter_detection(network)
-    if sync_batchnorm:
-        if device.type != "cuda":
-            raise ValueError("SyncBatchNorm needs CUDA devices; set sync_batchnorm to false for CPU runs.")
-        network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
-    network = network.to(device)
-    device_ids = [device] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(
-        network, device_ids=device_ids, find_unused_parameters=find_unused_parameters, **kwargs
-    )
 
 
 def quiet_non_zero_ranks(*engines: Any, loggers: tuple[str, ...] = ("fanet_monai",)) -> None:

@@ -1,61 +1,128 @@
-"""Test-time iterative refinement for FANet: start mask, N feedback passes, optional early stop and inner inferer.
+"""FANet's inferers: test-time iterative refinement and training-time unrolled feedback.
 
-FANet (Tomar et al., IEEE TNNLS 2022) evaluates a test image several times: the first pass gets an initial mask
-(Otsu's threshold of the blurred image), every later pass gets the previous prediction, binarized, as its feedback
-mask. :class:`IterativeRefinementInferer` is a MONAI :class:`~monai.inferers.Inferer`, so bundles, evaluators and
-MONAI Label call it like any other inferer with the *image only*; it builds the mask channel itself.
+FANet (Tomar et al., IEEE TNNLS 2022) evaluates an image several times: the first pass gets a start mask (Otsu's
+threshold of the blurred image), every later pass gets the previous prediction, binarized, as its feedback mask.
+
+Both inferers are called as MONAI calls an inferer, ``inferer(images, network, mask=None)``: ``images`` holds the
+image channels only ``(B, C, *spatial)``; ``mask`` ``(B, 1, *spatial)`` is the first pass's mask, ``None`` for the
+inferer's configured start mask (:func:`~fanet_monai.feedback.masks.start_mask`). Only the inferers build the
+network's one-tensor input ``cat([images, mask], 1)``. The trainer hands each sample's fed mask over with MONAI's
+``PrepareBatchExtraInput({"mask": "mask"})``; MONAI Label, MONAI Deploy and the evaluators call
+``inferer(images, network)``. The inferers keep no per-call state: :meth:`IterativeRefinementInferer.refine`
+returns every pass explicitly.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
+from monai.utils import convert_to_tensor
 
-__all__ = ["IterativeRefinementInferer", "UnrolledFeedbackInferer", "START_MASKS", "FEEDBACK_MODES", "start_mask"]
+from fanet_monai.feedback.masks import check_feedback_mode, check_start_mask, feedback_mask, start_mask
 
-START_MASKS: tuple[str, ...] = ("otsu", "otsu_inverted", "empty", "full")
-FEEDBACK_MODES: tuple[str, ...] = ("binary", "probability")
+__all__ = [
+    "IterativeRefinementInferer",
+    "Refinement",
+    "UnrolledFeedbackInferer",
+    "converged",
+    "early_stop_passes",
+]
 
 
-def start_mask(images: torch.Tensor, kind: str = "otsu") -> torch.Tensor:
-    """The first feedback mask of ``images`` ``(B, C, *spatial)``: ``(B, 1, *spatial)`` on their device and dtype.
+def converged(current: torch.Tensor, previous: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """The early-stop rule: which images' binarized predictions stopped changing.
 
-    ``kind``: ``"otsu"`` (paper: blurred grayscale brighter than Otsu's threshold), ``"otsu_inverted"`` (darker than
-    the threshold, for dark targets such as vessels and membranes), ``"empty"`` (zeros) or ``"full"`` (ones).
-    Training (first epoch of the feedback cache) and test time (first refinement pass) use the same function.
+    Args:
+        current: ``(B, 1, *spatial)`` boolean masks of a pass.
+        previous: the same images' masks of the pass before.
+        tolerance: largest fraction of changed pixels, in ``[0, 1]``, that still counts as "stopped changing".
+
+    Returns:
+        ``(B,)`` bool: the fraction of pixels that differ is at most ``tolerance`` (computed in float64, exact for
+        ``tolerance = k / n``).
     """
-    if kind not in START_MASKS:
-        raise ValueError(f"start mask must be one of {list(START_MASKS)}, got {kind!r}.")
-    if isinstance(images, MetaTensor):
-        images = images.as_tensor()
-    shape = (images.shape[0], 1, *images.shape[2:])
-    if kind == "empty":
-        return torch.zeros(shape, device=images.device, dtype=images.dtype)
-    if kind == "full":
-        return torch.ones(shape, device=images.device, dtype=images.dtype)
-    from fanet_monai.feedback.otsu import otsu_mask_torch
+    changed = (current != previous).flatten(1).sum(dim=1).double() / current[0].numel()
+    return changed <= tolerance
 
-    return otsu_mask_torch(images, invert=kind == "otsu_inverted").to(device=images.device, dtype=images.dtype)
+
+def early_stop_passes(binary: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Per image, the pass at which :class:`IterativeRefinementInferer` with ``early_stop=True`` stops, from the
+    binarized masks of a run without early stop: the first pass ``k >= 2`` that :func:`converged` with pass ``k - 1``,
+    ``num_passes`` if there is none. Taking pass ``k``'s prediction for each image gives the early-stop result.
+
+    Args:
+        binary: ``(num_passes, B, 1, *spatial)`` boolean masks of passes 1 .. ``num_passes``.
+        tolerance: as in :func:`converged`.
+
+    Returns:
+        ``(B,)`` long tensor of passes used, in ``1 .. num_passes``, on ``binary``'s device.
+    """
+    if binary.ndim < 4:
+        raise ValueError(f"expected (num_passes, B, 1, *spatial) masks, got shape {tuple(binary.shape)}.")
+    num_passes, batch = binary.shape[:2]
+    used = torch.full((batch,), num_passes, dtype=torch.long, device=binary.device)
+    for k in range(num_passes - 1, 0, -1):  # last to first: the earliest stopping pass wins
+        used = torch.where(converged(binary[k], binary[k - 1], tolerance), k + 1, used)
+    return used
+
+
+def _check_num_passes(num_passes: Any) -> int:
+    if isinstance(num_passes, bool) or int(num_passes) != num_passes or num_passes < 1:
+        raise ValueError(f"num_passes must be an integer >= 1, got {num_passes!r}.")
+    return int(num_passes)
+
+
+def _check_mask(images: torch.Tensor, mask: torch.Tensor | None) -> None:
+    if mask is None:
+        return
+    expected = (images.shape[0], 1, *images.shape[2:])
+    if tuple(mask.shape) != expected:
+        raise ValueError(
+            f"mask must have shape {expected} (B, 1, *spatial) for images of shape {tuple(images.shape)}, "
+            f"got {tuple(mask.shape)}."
+        )
+
+
+@dataclass
+class Refinement:
+    """What :meth:`IterativeRefinementInferer.refine` returns.
+
+    Attributes:
+        passes: ``num_passes`` float32 tensors ``(B, 1, *spatial)``: the logits after pass 1, 2, ... (with early
+            stop, a finished image repeats its final logits).
+        num_passes: ``(B,)`` long: the number of network passes each image used.
+        seconds: seconds from the start of the call until pass 1, 2, ... was done (CUDA synchronised).
+    """
+
+    passes: list[torch.Tensor]
+    num_passes: torch.Tensor
+    seconds: list[float]
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """``(B, 1, *spatial)`` logits of the last pass."""
+        return self.passes[-1]
 
 
 class IterativeRefinementInferer(Inferer):
     """Runs a feedback network ``num_passes`` times, feeding each prediction back as the next pass's mask.
 
     The network takes one tensor ``(B, C + 1, *spatial)``: the ``C`` image channels, then the feedback mask; it
-    returns logits ``(B, 1, *spatial)``. Pass 1 receives the start mask, pass ``k + 1`` receives
-    ``feedback(logits of pass k)``.
+    returns logits ``(B, 1, *spatial)``. Pass 1 receives ``mask`` (default: the start mask), pass ``k + 1``
+    receives :func:`~fanet_monai.feedback.masks.feedback_mask` of pass ``k``'s logits.
 
     Early stop (``early_stop=True``): after each pass ``k >= 2`` an image whose binarized prediction
-    (``sigmoid(logits) > threshold``) differs from that of pass ``k - 1`` on at most a fraction ``tolerance`` of
-    its pixels is finished: it leaves the batch (later passes run the network on the still-active images only, so
-    the cost drops), and it keeps its last logits. With ``tolerance=0`` an image stops as soon as its binarized
-    prediction stops changing; with binary feedback and a deterministic network this never changes the result,
-    because the next input would be identical to the current one. The number of passes each image used is
-    stored in :attr:`last_num_passes` after a call.
+    (``sigmoid(logits) > threshold``) has :func:`converged` with that of pass ``k - 1`` is finished: it leaves the
+    batch (later passes run the network on the still-active images only, so the cost drops), and it keeps its
+    last logits. With ``tolerance=0`` an image stops as soon as its binarized prediction stops changing; with
+    binary feedback and a deterministic network this never changes the result, because the next input would be
+    identical to the current one. :meth:`refine` returns how many passes each image used.
 
     Example::
 
@@ -68,9 +135,9 @@ class IterativeRefinementInferer(Inferer):
 
     Args:
         num_passes: number of network evaluations (paper: 10; variant B2 is one pass). ``>= 1``.
-        start_mask: mask of the first pass: ``"otsu"`` (paper: Gaussian blur + per-image Otsu threshold, brighter
-            than the threshold = foreground), ``"otsu_inverted"`` (darker = foreground), ``"empty"`` (zeros),
-            ``"full"`` (ones), or a callable ``images (B, C, *spatial) -> mask (B, 1, *spatial)``.
+        start_mask: mask of the first pass when none is given: ``"otsu"`` (paper: Gaussian blur + per-image Otsu
+            threshold, brighter than the threshold = foreground), ``"otsu_inverted"`` (darker = foreground),
+            ``"empty"`` (zeros), ``"full"`` (ones), or a callable ``images (B, C, *spatial) -> (B, 1, *spatial)``.
         feedback: ``"binary"`` (paper: ``sigmoid(logits) > threshold`` as 0/1) or ``"probability"`` (the sigmoid
             map itself).
         threshold: probability threshold in ``(0, 1)`` for binary feedback and for the early-stop comparison.
@@ -82,7 +149,7 @@ class IterativeRefinementInferer(Inferer):
         return_all_passes: ``__call__`` returns every pass's logits stacked as ``(num_passes, B, 1, *spatial)``
             instead of the last pass's ``(B, 1, *spatial)``. With early stop, a finished image repeats its final
             logits in the later passes.
-        amp: run each pass under ``torch.autocast(device_type=inputs.device.type)``; outputs are float32.
+        amp: run each pass under ``torch.autocast(device_type=images.device.type)``; outputs are float32.
 
     Raises:
         ValueError: ``num_passes < 1``, unknown ``start_mask`` or ``feedback`` name, ``threshold`` or
@@ -102,22 +169,15 @@ class IterativeRefinementInferer(Inferer):
         amp: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(num_passes, bool) or int(num_passes) != num_passes or num_passes < 1:
-            raise ValueError(f"num_passes must be an integer >= 1, got {num_passes!r}.")
-        if isinstance(start_mask, str):
-            if start_mask not in START_MASKS:
-                raise ValueError(f"start_mask must be one of {list(START_MASKS)} or a callable, got {start_mask!r}.")
-        elif not callable(start_mask):
-            raise ValueError(f"start_mask must be one of {list(START_MASKS)} or a callable, got {start_mask!r}.")
-        if feedback not in FEEDBACK_MODES:
-            raise ValueError(f"feedback must be one of {list(FEEDBACK_MODES)}, got {feedback!r}.")
+        self.num_passes = _check_num_passes(num_passes)
+        check_start_mask(start_mask, allow_callable=True)
+        check_feedback_mode(feedback)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {threshold}.")
         if not 0.0 <= tolerance <= 1.0:
             raise ValueError(f"tolerance must lie in [0, 1], got {tolerance}.")
         if inner is not None and not callable(inner):
             raise ValueError(f"inner must be a MONAI Inferer (callable) or None, got {type(inner).__name__}.")
-        self.num_passes = int(num_passes)
         self.start_mask = start_mask
         self.feedback = feedback
         self.threshold = float(threshold)
@@ -126,47 +186,11 @@ class IterativeRefinementInferer(Inferer):
         self.inner = inner
         self.return_all_passes = bool(return_all_passes)
         self.amp = bool(amp)
-        #: ``(B,)`` long tensor: number of network passes each image of the last call used (``num_passes`` for all
-        #: images without early stop). ``None`` before the first call.
-        self.last_num_passes: torch.Tensor | None = None
 
     def make_start_mask(self, images: torch.Tensor) -> torch.Tensor:
-        """Mask of the first pass.
-
-        Args:
-            images: ``(B, C, *spatial)`` images.
-
-        Returns:
-            ``(B, 1, *spatial)`` mask on ``images``' device, in ``images``' dtype.
-        """
-        shape = (images.shape[0], 1, *images.shape[2:])
-        if callable(self.start_mask):
-            mask = self.start_mask(images)
-            if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != shape:
-                got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-                raise ValueError(f"start_mask callable must return a tensor of shape {shape}, got {got}.")
-        else:
-            mask = start_mask(images, self.start_mask)
-        if isinstance(mask, MetaTensor):
-            mask = mask.as_tensor()
-        return mask.to(device=images.device, dtype=images.dtype)
-
-    def feedback_mask(self, logits: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Mask fed to the next pass.
-
-        Args:
-            logits: ``(B, 1, *spatial)`` logits of the current pass.
-            dtype: dtype of the returned mask.
-
-        Returns:
-            ``(B, 1, *spatial)``: ``sigmoid(logits) > threshold`` as 0/1 (binary feedback) or ``sigmoid(logits)``.
-        """
-        prob = torch.sigmoid(logits)
-        return self._feedback_from_prob(prob, prob > self.threshold, dtype)
-
-    def _feedback_from_prob(self, prob: torch.Tensor, binary: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Feedback mask from the probabilities ``prob`` and their binarization ``binary`` (same shape)."""
-        return (binary if self.feedback == "binary" else prob).to(dtype)
+        """The configured start mask of ``images`` ``(B, C, *spatial)``: ``(B, 1, *spatial)`` on their device, in
+        their dtype (:func:`~fanet_monai.feedback.masks.start_mask`)."""
+        return start_mask(images, self.start_mask)
 
     def _run_pass(self, x: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         """One network evaluation on ``x`` ``(b, C + 1, *spatial)``; returns float32 logits ``(b, 1, *spatial)``."""
@@ -174,8 +198,7 @@ class IterativeRefinementInferer(Inferer):
             out = self.inner(x, network, *args, **kwargs) if self.inner is not None else network(x, *args, **kwargs)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the network (or inner inferer) must return a tensor, got {type(out).__name__}.")
-        if isinstance(out, MetaTensor):
-            out = out.as_tensor()
+        out = convert_to_tensor(out, track_meta=False)
         if out.shape[0] != x.shape[0] or out.shape[1] != 1 or out.shape[2:] != x.shape[2:]:
             raise ValueError(
                 f"expected logits of shape {(x.shape[0], 1, *x.shape[2:])} for an input of shape {tuple(x.shape)}, "
@@ -184,30 +207,40 @@ class IterativeRefinementInferer(Inferer):
         return out.float()
 
     def iterate(
-        self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> Iterator[torch.Tensor]:
-        """Yield the logits of every pass; the single code path behind :meth:`__call__`.
+        self,
+        images: torch.Tensor,
+        network: Callable[..., Any],
+        *args: Any,
+        mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(logits, num_passes)`` after every pass; the single code path behind :meth:`refine` and
+        :meth:`__call__`.
 
         Args:
-            inputs: ``(B, C, *spatial)`` images (image channels only), on any device.
+            images: ``(B, C, *spatial)`` images (image channels only), on any device.
             network: callable taking ``(b, C + 1, *spatial)`` and returning logits ``(b, 1, *spatial)``.
             args: extra positional arguments for ``network`` (or ``inner``).
+            mask: ``(B, 1, *spatial)`` mask of the first pass; ``None`` for the configured start mask.
             kwargs: extra keyword arguments for ``network`` (or ``inner``).
 
         Yields:
-            ``num_passes`` float32 tensors ``(B, 1, *spatial)``: the logits after pass 1, 2, ... (a finished image
-            of an early stop repeats its final logits). Each yielded tensor is a new tensor, never modified later.
-            :attr:`last_num_passes` is updated as the passes run.
+            ``num_passes`` times: float32 logits ``(B, 1, *spatial)`` of every image (a finished image of an early
+            stop repeats its final logits; each is a new tensor, never modified later) and a ``(B,)`` long tensor
+            of the passes each image has used so far.
         """
-        images = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        images = convert_to_tensor(images, track_meta=False)
         if images.ndim < 3:
-            raise ValueError(f"inputs must be (B, C, *spatial) images, got shape {tuple(images.shape)}.")
+            raise ValueError(f"images must be (B, C, *spatial), got shape {tuple(images.shape)}.")
         if not images.is_floating_point():
             images = images.float()
+        _check_mask(images, mask)
         batch = images.shape[0]
-        mask = self.make_start_mask(images)
+        if mask is None:
+            mask = self.make_start_mask(images)
+        else:  # our own copy: the active rows are updated in place below
+            mask = convert_to_tensor(mask, track_meta=False).to(device=images.device, dtype=images.dtype, copy=True)
         passes_used = torch.zeros(batch, dtype=torch.long, device=images.device)
-        self.last_num_passes = passes_used
         active = torch.arange(batch, device=images.device)  # indices of the images still being refined
         previous: torch.Tensor | None = None  # (B, 1, *spatial) bool: binarized prediction of the previous pass
         out: torch.Tensor | None = None  # (B, 1, *spatial) latest logits of every image
@@ -215,7 +248,7 @@ class IterativeRefinementInferer(Inferer):
         for k in range(1, self.num_passes + 1):
             if active.numel() == 0:  # every image finished early: repeat the final logits
                 assert out is not None
-                yield out
+                yield out, passes_used.clone()
                 continue
             subset = active.numel() < batch
             x = torch.cat([images[active], mask[active]] if subset else [images, mask], dim=1)
@@ -226,25 +259,53 @@ class IterativeRefinementInferer(Inferer):
                 out = out.clone()
                 out[active] = logits
             passes_used[active] = k
-            prob = torch.sigmoid(logits)
-            binary = prob > self.threshold
+            fed = feedback_mask(logits, self.feedback, self.threshold).to(images.dtype)
             if subset:  # ``mask`` is our own tensor from pass 2 on: update the active rows in place
-                mask[active] = self._feedback_from_prob(prob, binary, images.dtype)
+                mask[active] = fed
             else:
-                mask = self._feedback_from_prob(prob, binary, images.dtype)
+                mask = fed
             if self.early_stop:
-                changed = None  # fraction of changed pixels per active image (float64: exact for tolerance = k / n)
-                if previous is not None:
-                    changed = (binary != previous[active]).flatten(1).sum(dim=1).double() / binary[0].numel()
-                if subset:
-                    previous[active] = binary  # type: ignore[index]
-                else:
+                binary = torch.sigmoid(logits) > self.threshold
+                if previous is None:
                     previous = binary
-                if changed is not None:  # pass >= 2: finished images leave the batch
-                    active = active[changed > self.tolerance]
-            yield out
+                else:
+                    done = converged(binary, previous[active], self.tolerance)
+                    previous[active] = binary
+                    active = active[~done]  # finished images leave the batch
+            yield out, passes_used.clone()
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+    def refine(
+        self,
+        images: torch.Tensor,
+        network: Callable[..., Any],
+        *args: Any,
+        mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Refinement:
+        """Refine ``images`` and return every pass, the passes each image used and the time to each pass.
+
+        Same arguments as :meth:`iterate`; returns a :class:`Refinement`.
+        """
+        synchronize = images.device.type == "cuda"
+        passes: list[torch.Tensor] = []
+        seconds: list[float] = []
+        used = torch.zeros(0, dtype=torch.long)
+        start = time.perf_counter()
+        for logits, used in self.iterate(images, network, *args, mask=mask, **kwargs):
+            if synchronize:
+                torch.cuda.synchronize(images.device)
+            seconds.append(time.perf_counter() - start)
+            passes.append(logits)
+        return Refinement(passes=passes, num_passes=used, seconds=seconds)
+
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: Callable[..., Any],
+        *args: Any,
+        mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         """Refine ``inputs`` with ``network``.
 
         Args:
@@ -252,6 +313,7 @@ class IterativeRefinementInferer(Inferer):
             network: callable taking ``(b, C + 1, *spatial)`` (images, then mask) and returning logits
                 ``(b, 1, *spatial)``; a TorchScript module works.
             args: extra positional arguments for ``network`` (or ``inner``).
+            mask: ``(B, 1, *spatial)`` mask of the first pass; ``None`` for the configured start mask.
             kwargs: extra keyword arguments for ``network`` (or ``inner``).
 
         Returns:
@@ -259,10 +321,11 @@ class IterativeRefinementInferer(Inferer):
             ``inputs``' metadata when ``inputs`` is one), or, with ``return_all_passes``, every pass's logits
             stacked as a plain tensor ``(num_passes, B, 1, *spatial)``.
         """
+        steps = self.iterate(inputs, network, *args, mask=mask, **kwargs)
         if self.return_all_passes:
-            return torch.stack(list(self.iterate(inputs, network, *args, **kwargs)), dim=0)
+            return torch.stack([logits for logits, _ in steps], dim=0)
         out: torch.Tensor | None = None
-        for out in self.iterate(inputs, network, *args, **kwargs):
+        for out, _ in steps:
             pass  # keep only the latest pass in memory
         assert out is not None  # num_passes >= 1
         if isinstance(inputs, MetaTensor):
@@ -274,10 +337,12 @@ class IterativeRefinementInferer(Inferer):
 class UnrolledFeedbackInferer(Inferer):
     """Training-time unrolled refinement: train on the prediction made after ``num_passes - 1`` feedback passes.
 
-    Used as the trainer's inferer. The input is FANet's one tensor ``(B, C + 1, *spatial)`` whose last channel is
-    the start mask (the same start mask as at test time). Passes ``1 .. num_passes - 1`` run without gradient, each
-    feeding its binarized (or probability) prediction to the next, exactly as :class:`IterativeRefinementInferer`
-    does at test time; pass ``num_passes`` runs with gradient. ``num_passes=1`` is plain single-pass training.
+    Used as the trainer's inferer, called ``inferer(images, network, mask=mask)`` with the mask the feedback
+    source chose for each sample (:class:`~fanet_monai.feedback.transforms.FeedbackMaskd`: the previous-epoch
+    prediction, the start mask, or a mix), or without ``mask`` for the configured start mask. Passes
+    ``1 .. num_passes - 1`` run without gradient, each feeding its binarized (or probability) prediction to the
+    next, exactly as :class:`IterativeRefinementInferer` does at test time; pass ``num_passes`` runs with gradient.
+    ``num_passes=1`` is plain single-pass training on the fed mask.
 
     Args:
         num_passes: passes per training step, ``>= 1``.
@@ -286,33 +351,58 @@ class UnrolledFeedbackInferer(Inferer):
         loss_on_every_pass: also keep the gradient of passes ``1 .. num_passes - 1`` and return every pass's logits
             stacked along the channel dimension ``(B, num_passes, *spatial)`` (pass ``k`` in channel ``k - 1``), for
             :class:`~fanet_monai.losses.PassAveragedLoss`. Otherwise returns the last pass ``(B, 1, *spatial)``.
+        start_mask: the first pass's mask when the call gives none (see :class:`IterativeRefinementInferer`).
 
     The fed masks themselves are never differentiated through (they are thresholded, or detached probabilities).
     """
 
     def __init__(
-        self, num_passes: int = 2, feedback: str = "binary", threshold: float = 0.5, loss_on_every_pass: bool = False
+        self,
+        num_passes: int = 2,
+        feedback: str = "binary",
+        threshold: float = 0.5,
+        loss_on_every_pass: bool = False,
+        start_mask: str | Callable[[torch.Tensor], torch.Tensor] = "otsu",
     ) -> None:
         super().__init__()
-        if isinstance(num_passes, bool) or int(num_passes) != num_passes or num_passes < 1:
-            raise ValueError(f"num_passes must be an integer >= 1, got {num_passes!r}.")
-        if feedback not in FEEDBACK_MODES:
-            raise ValueError(f"feedback must be one of {list(FEEDBACK_MODES)}, got {feedback!r}.")
-        self.num_passes = int(num_passes)
+        self.num_passes = _check_num_passes(num_passes)
+        check_feedback_mode(feedback)
+        check_start_mask(start_mask, allow_callable=True)
         self.feedback = feedback
         self.threshold = float(threshold)
         self.loss_on_every_pass = bool(loss_on_every_pass)
+        self.start_mask = start_mask
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
-        image, mask = inputs[:, :-1], inputs[:, -1:]
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: Callable[..., Any],
+        *args: Any,
+        mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Run the unrolled passes.
+
+        Args:
+            inputs: ``(B, C, *spatial)`` images.
+            network: callable ``(B, C + 1, *spatial) -> (B, 1, *spatial)`` logits.
+            args: extra positional arguments for ``network``.
+            mask: ``(B, 1, *spatial)`` mask of the first pass; ``None`` for the configured start mask.
+            kwargs: extra keyword arguments for ``network``.
+
+        Returns:
+            ``(B, 1, *spatial)`` logits of the last pass, or ``(B, num_passes, *spatial)`` with
+            ``loss_on_every_pass``.
+        """
+        _check_mask(inputs, mask)
+        mask = start_mask(inputs, self.start_mask) if mask is None else mask.to(inputs.dtype)
         outputs = []
         for k in range(1, self.num_passes + 1):
             with_grad = torch.is_grad_enabled() and (k == self.num_passes or self.loss_on_every_pass)
             with torch.set_grad_enabled(with_grad):
-                logits = network(torch.cat([image, mask], dim=1), *args, **kwargs)
+                logits = network(torch.cat([inputs, mask], dim=1), *args, **kwargs)
             outputs.append(logits)
-            prob = torch.sigmoid(logits.detach())
-            mask = ((prob > self.threshold) if self.feedback == "binary" else prob).to(inputs.dtype)
+            mask = feedback_mask(logits, self.feedback, self.threshold).to(inputs.dtype)
         if self.loss_on_every_pass:
             return torch.cat(outputs, dim=1)
         return outputs[-1]

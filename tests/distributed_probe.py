@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict
 
 import torch
 import torch.distributed as dist
@@ -20,8 +20,10 @@ from fanet_monai.feedback.rle import rle_encode
 
 
 class PredictionRecorder:
-    def __init__(self, handlers: Sequence[Any], cache: Any, out_dir: str, sync: Any = None, commit: Any = None) -> None:
-        self.mask_handler = next(h for h in handlers if isinstance(h, FeedbackMaskHandler))
+    def __init__(
+        self, mask_handler: FeedbackMaskHandler, cache: Any, out_dir: str, sync: Any = None, commit: Any = None
+    ) -> None:
+        self.mask_handler = mask_handler
         self.cache = cache
         self.out_dir = Path(out_dir)
         self.sync = sync

@@ -14,7 +14,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Rand2DElasticd, RandGridDistortiond, RandRotated
 
 from fanet_monai.bundle import bundle_configs, load_workflow
-from fanet_monai.augmentation import (
+from fanet_monai.data.augmentation import (
     PAPER_PROBS,
     RandCropResized,
     RandElasticd,
@@ -27,7 +27,7 @@ from fanet_monai.augmentation import (
 from fanet_monai.data import make_synthetic_dataset
 from fanet_monai.feedback import FeedbackMaskCache
 from fanet_monai.feedback.handler import FeedbackMaskHandler
-from fanet_monai.transforms import FeedbackMaskd
+from fanet_monai.feedback.transforms import FeedbackMaskd
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundle" / "configs"
@@ -72,7 +72,7 @@ def test_spatial_transforms_keep_image_label_mask_aligned_and_invert(name, seed)
     assert len(augmentation) == 1
     transform = Compose([FeedbackMaskd("image", cache), *augmentation]).set_random_state(seed)
     handler = FeedbackMaskHandler(cache, transform=transform)
-    handler._split_transform(None)
+    handler._split_transform()
     data = sample(label)
     original = data["image"].as_tensor().clone()
     out = transform(data)

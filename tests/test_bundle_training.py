@@ -60,7 +60,7 @@ def test_two_epoch_training_saves_network_and_feedback_cache(tmp_path, dataset_d
 
     cache = wf.parser.get_parsed_content("feedback_cache")
     assert set(cache.keys()) == training_keys
-    handler = next(h for h in wf.parser.get_parsed_content("train#handlers") if type(h).__name__ == "FeedbackMaskHandler")
+    handler = wf.parser.get_parsed_content("train#feedback_handler")
     assert len(handler.history) == 2 and trainer.state.metrics["feedback_mask_dice"] == handler.history[-1]
     assert len(handler.stored_history) == 2 and 0 <= trainer.state.metrics["stored_mask_dice"] <= 1
 

@@ -13,7 +13,8 @@ from PIL import Image
 from fanet_monai.checkpoints import latest_checkpoint
 from fanet_monai.data import folder_datalist, load_datalist, make_synthetic_dataset, split_items
 from fanet_monai.feedback import FeedbackMaskCache, otsu_mask_torch
-from fanet_monai.transforms import AsRGBd, BinarizeLabeld, FeedbackMaskd
+from fanet_monai.data.transforms import AsRGBd, BinarizeLabeld
+from fanet_monai.feedback.transforms import FeedbackMaskd
 
 
 def write_png(path, array):

@@ -27,12 +27,8 @@ from fanet_monai.bundle import load_workflow
 from fanet_monai import FANet
 from fanet_monai.checkpoints import latest_checkpoint
 from fanet_monai.data import folder_datalist, make_synthetic_dataset
-from fanet_monai.distributed import (
-    backend_for,
-    distributed_device,
-    needs_unused_parameter_detection,
-    wrap_ddp,
-)
+from fanet_monai.distributed import backend_for, distributed_device
+from fanet_monai.networks.ddp import needs_unused_parameter_detection, wrap_ddp
 from fanet_monai.feedback import FeedbackMaskCache, rle_decode, rle_encode, sample_key
 from fanet_monai.feedback.distributed import FeedbackCacheSyncHandler, cache_digest, resolve_updates
 from fanet_monai.feedback.rle import RLEMask
@@ -55,21 +51,27 @@ TINY = {
 
 
 # ------------------------------------------------------------------------------------------------ fast unit checks
-def test_rank_zero_only_overrides_point_at_the_logging_handlers():
-    """multi_gpu_*.json disable handlers by position (the zoo's convention): the positions must hold loggers."""
+def test_only_logging_handlers_depend_on_the_main_process_flag():
+    """multi_gpu_*.json set ``is_main_process`` (a config id, not handler positions); only loggers follow it."""
     parser = ConfigParser()
     parser.read_config([str(TRAIN), str(MULTI_TRAIN)])
+    assert parser["is_main_process"] == "$dist.get_rank() == 0"
+    assert not any("#handlers#" in key for key in ConfigParser.load_config_file(str(MULTI_TRAIN)))
     logging_targets = {"StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar"}
-    for section, handlers in (("train", parser["train"]["handlers"]), ("validate", parser["validate"]["handlers"])):
-        disabled = [h for h in handlers if isinstance(h, dict) and "dist.get_rank() > 0" in str(h.get("_disabled_"))]
-        assert disabled, section
-        assert {h["_target_"] for h in disabled} <= logging_targets, section
+    rank_one = ConfigParser()
+    rank_one.read_config([str(TRAIN), str(MULTI_TRAIN)])
+    rank_one["is_main_process"] = False  # what a rank > 0 sees
+    for section in ("train", "validate"):
+        handlers = rank_one[section]["handlers"]
+        for i, handler in enumerate(handlers):
+            if not isinstance(handler, dict):
+                continue
+            disabled = "_disabled_" in handler and rank_one.get_parsed_content(f"{section}#handlers#{i}#_disabled_")
+            assert disabled == (handler["_target_"] in logging_targets), (section, handler["_target_"])
     # what must run on every rank stays enabled everywhere
-    enabled = {h["_target_"] for h in parser["train"]["handlers"] if "dist.get_rank()" not in str(h.get("_disabled_"))}
-    assert {"fanet_monai.feedback.handler.FeedbackMaskHandler", "ValidationHandler"} <= enabled
-    assert parser["train#handlers#4#_disabled_"].startswith("$not @show_progress or")
+    assert "_disabled_" not in parser["train#feedback_handler"] and parser["train#handlers"][0] == "@train#feedback_handler"
     validate = [h if isinstance(h, str) else h["_target_"] for h in parser["validate"]["handlers"]
-                if isinstance(h, str) or "dist.get_rank()" not in str(h.get("_disabled_"))]
+                if isinstance(h, str) or "_disabled_" not in h]
     assert "LrScheduleHandler" in validate and "@validate#feedback_commit" in validate  # same decisions everywhere
 
     # train.json's own initialisation (determinism, data checks) is kept; the process group comes after it
@@ -81,8 +83,9 @@ def test_rank_zero_only_overrides_point_at_the_logging_handlers():
     parser = ConfigParser()
     parser.read_config([str(TRAIN), str(EVALUATE), str(MULTI_EVALUATE)])
     assert any("init_distributed" in step for step in parser["initialize"])
+    assert parser["is_main_process"] == "$dist.get_rank() == 0"
     disabled = [h for h in parser["evaluate"]["handlers"] if isinstance(h, dict) and "_disabled_" in h]
-    assert [h["_target_"] for h in disabled] == ["StatsHandler"]
+    assert [(h["_target_"], h["_disabled_"]) for h in disabled] == [("StatsHandler", "$not @is_main_process")]
 
 
 def test_ddp_decisions():
@@ -167,7 +170,7 @@ def _train_two_ranks(root: Path, dataset_dir: Path, **extra) -> dict:
         "+imports": ["$import distributed_probe"],
         "probe": {
             "_target_": "distributed_probe.PredictionRecorder",
-            "handlers": "@train#handlers",
+            "mask_handler": "@train#feedback_handler",
             "cache": "@feedback_cache",
             "sync": "@train#feedback_sync",
             "commit": "@validate#feedback_commit",

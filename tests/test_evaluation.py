@@ -18,15 +18,10 @@ from PIL import Image
 from fanet_monai import FANet
 from fanet_monai.bundle import run_workflow
 from fanet_monai.data import make_synthetic_dataset
-from fanet_monai.evaluation import (
-    TABLE_IX_COLUMNS,
-    PassWiseEvaluationHandler,
-    PassWiseInferer,
-    ablation_table,
-    early_stop_passes,
-)
+from fanet_monai.ablation import ablation_table
+from fanet_monai.evaluation import TABLE_IX_COLUMNS, PassWiseEvaluationHandler, PassWiseInferer
 from fanet_monai.feedback import otsu_mask_torch
-from fanet_monai.inferers import IterativeRefinementInferer
+from fanet_monai.inferers import IterativeRefinementInferer, early_stop_passes
 from fanet_monai.metrics import PAPER_METRICS, segmentation_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,8 +86,8 @@ def test_pass_rows_and_early_stop_row_match_the_inferer(tolerance):
     early = IterativeRefinementInferer(
         num_passes=num_passes, start_mask=seed_from_channel_1, early_stop=True, tolerance=tolerance
     )
-    logits = early(images, BoundedDilation())
-    used = early.last_num_passes
+    refinement = early.refine(images, BoundedDilation())
+    logits, used = refinement.logits, refinement.num_passes
     assert len(set(used.tolist())) > 1  # images stop at different passes: a real check
     assert torch.equal(early_stop_passes(passes > 0, tolerance), used)
     expected = segmentation_metrics(logits > 0, labels)

@@ -25,7 +25,8 @@ from monai.transforms import (
 from fanet_monai.data import folder_datalist, make_synthetic_dataset
 from fanet_monai.feedback import FeedbackMaskCache, otsu_mask_torch, sample_key
 from fanet_monai.feedback.handler import FeedbackCommitHandler, FeedbackMaskHandler
-from fanet_monai.transforms import AsRGBd, BinarizeLabeld, FeedbackMaskd
+from fanet_monai.data.transforms import AsRGBd, BinarizeLabeld
+from fanet_monai.feedback.transforms import FeedbackMaskd
 
 KEYS = ["image", "label", "mask"]
 
@@ -73,7 +74,7 @@ def run_epoch(loader, handler, store_label=True):
 
 
 def setup_handler(cache, loader):
-    handler = FeedbackMaskHandler(cache)
+    handler = FeedbackMaskHandler(cache, loader.dataset.transform)
     handler.initialize(SimpleNamespace(data_loader=loader))
     return handler
 
@@ -178,9 +179,9 @@ def test_handler_rejects_random_transforms_before_the_mask_and_persistent_worker
         setup_handler(FeedbackMaskCache(), DataLoader(Dataset(items, good), batch_size=2))
 
 
-def test_feed_builds_one_tensor_and_measures_fed_mask_dice():
+def test_feed_leaves_the_batch_alone_and_measures_fed_mask_dice():
     cache = FeedbackMaskCache()
-    handler = FeedbackMaskHandler(cache)
+    handler = FeedbackMaskHandler(cache, Compose([FeedbackMaskd("image", cache)]))
     label = torch.zeros(2, 1, 8, 8)
     label[:, :, :4] = 1
     mask = label.clone()
@@ -188,9 +189,9 @@ def test_feed_builds_one_tensor_and_measures_fed_mask_dice():
     engine = SimpleNamespace(state=SimpleNamespace(batch={"image": torch.rand(2, 3, 8, 8), "label": label,
                                                           "mask": mask}, metrics={}, epoch=1))
     handler._reset_epoch(engine)
+    image = engine.state.batch["image"]
     handler.feed(engine)
-    assert engine.state.batch["image"].shape == (2, 4, 8, 8)
-    assert torch.equal(engine.state.batch["image"][:, 3:], mask)
+    assert engine.state.batch["image"] is image  # the inferer builds the network input, not the handler
     handler.report(engine)
     assert engine.state.metrics["feedback_mask_dice"] == pytest.approx(0.5)
     assert handler.history == [pytest.approx(0.5)]

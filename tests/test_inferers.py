@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from typing import List
 
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 
+from fanet_monai.feedback.otsu import otsu_mask_torch
 from fanet_monai.inferers import IterativeRefinementInferer
 from fanet_monai.networks import FANet
 
@@ -76,7 +76,9 @@ def test_dilation_grows_exact_square(num_passes):
     assert logits.shape == (2, 1, h, w) and logits.dtype == torch.float32
     for b, (r, c) in enumerate(points):
         assert torch.equal(logits[b, 0] > 0, square(h, w, r, c, num_passes))
-    assert inferer.last_num_passes.tolist() == [num_passes, num_passes]
+    result = inferer.refine(torch.zeros(2, 3, h, w), DilationStub())
+    assert result.num_passes.tolist() == [num_passes, num_passes] and len(result.seconds) == num_passes
+    assert torch.equal(result.logits, logits) and len(result.passes) == num_passes
 
 
 def test_start_mask_tensor_is_not_modified():
@@ -100,9 +102,10 @@ def test_return_all_passes_stacks_every_pass():
 def test_iterate_yields_independent_tensors():
     start = seed_mask(1, 9, 9, [(4, 4)])
     inferer = IterativeRefinementInferer(num_passes=3, start_mask=lambda images: start)
-    passes = list(inferer.iterate(torch.zeros(1, 1, 9, 9), DilationStub()))
-    assert len(passes) == 3
-    assert [int((p > 0).sum()) for p in passes] == [9, 25, 49]
+    steps = list(inferer.iterate(torch.zeros(1, 1, 9, 9), DilationStub()))
+    assert len(steps) == 3
+    assert [int((p > 0).sum()) for p, _ in steps] == [9, 25, 49]
+    assert [used.tolist() for _, used in steps] == [[1], [2], [3]]
 
 
 def _bounded_batch(h: int = 16, w: int = 16):
@@ -118,9 +121,10 @@ def test_early_stop_stops_exactly_when_the_mask_stops_changing():
     full_stub, early_stub = DilationStub(bounded=True), DilationStub(bounded=True)
     full = IterativeRefinementInferer(num_passes=10, start_mask=lambda x: start)(images, full_stub)
     early = IterativeRefinementInferer(num_passes=10, start_mask=lambda x: start, early_stop=True)
-    result = early(images, early_stub)
+    refinement = early.refine(images, early_stub)
+    result = refinement.logits
     # image 0 fills its region at pass 2, unchanged at pass 3; image 1 fills at pass 5, unchanged at pass 6
-    assert early.last_num_passes.tolist() == [3, 6]
+    assert refinement.num_passes.tolist() == [3, 6]
     assert early_stub.batch_sizes == [2, 2, 2, 1, 1, 1]
     assert full_stub.batch_sizes == [2] * 10
     assert torch.equal(result, full)
@@ -145,9 +149,8 @@ def test_early_stop_all_finished_stops_calling_network():
     images, start = _bounded_batch()
     stub = DilationStub(bounded=True)
     inferer = IterativeRefinementInferer(num_passes=10, start_mask=lambda x: start, early_stop=True, tolerance=1.0)
-    inferer(images, stub)
     # tolerance 1.0: every image counts as converged at the first comparison (pass 2)
-    assert inferer.last_num_passes.tolist() == [2, 2]
+    assert inferer.refine(images, stub).num_passes.tolist() == [2, 2]
     assert stub.batch_sizes == [2, 2]
 
 
@@ -162,14 +165,12 @@ def test_early_stop_tolerance_fraction(changed_pixels, expected):
     inferer = IterativeRefinementInferer(
         num_passes=10, start_mask=lambda x: start, early_stop=True, tolerance=changed_pixels / (h * w)
     )
-    inferer(images, DilationStub(bounded=True))
-    assert inferer.last_num_passes.tolist() == [expected]
+    assert inferer.refine(images, DilationStub(bounded=True)).num_passes.tolist() == [expected]
 
 
 def test_early_stop_single_pass():
     inferer = IterativeRefinementInferer(num_passes=1, start_mask="empty", early_stop=True)
-    inferer(torch.zeros(3, 1, 8, 8), DilationStub())
-    assert inferer.last_num_passes.tolist() == [1, 1, 1]
+    assert inferer.refine(torch.zeros(3, 1, 8, 8), DilationStub()).num_passes.tolist() == [1, 1, 1]
 
 
 def test_binary_versus_probability_feedback():
@@ -222,8 +223,9 @@ def test_inner_with_early_stop():
     inner = SlidingWindowInferer(roi_size=(16, 16), sw_batch_size=1)  # one window: identical to the plain call
     inferer = IterativeRefinementInferer(num_passes=10, start_mask=lambda x: start, early_stop=True, inner=inner)
     stub = DilationStub(bounded=True)
-    result = inferer(images, stub)
-    assert inferer.last_num_passes.tolist() == [3, 6]
+    refinement = inferer.refine(images, stub)
+    result = refinement.logits
+    assert refinement.num_passes.tolist() == [3, 6]
     full = IterativeRefinementInferer(num_passes=10, start_mask=lambda x: start)(images, DilationStub(bounded=True))
     assert torch.equal(result, full)
 
@@ -260,8 +262,9 @@ def test_inference_mode_early_stop():
     images, start = _bounded_batch()
     with torch.inference_mode():
         inferer = IterativeRefinementInferer(num_passes=10, start_mask=lambda x: start.clone(), early_stop=True)
-        out = inferer(images.clone(), DilationStub(bounded=True))
-    assert inferer.last_num_passes.tolist() == [3, 6]
+        refinement = inferer.refine(images.clone(), DilationStub(bounded=True))
+    out = refinement.logits
+    assert refinement.num_passes.tolist() == [3, 6]
     full = IterativeRefinementInferer(num_passes=10, start_mask=lambda x: start)(images, DilationStub(bounded=True))
     assert torch.equal(out, full)
 
@@ -305,9 +308,10 @@ def test_cuda_stays_on_device():
     net = _small_fanet().cuda()
     inferer = IterativeRefinementInferer(num_passes=3, start_mask="empty", early_stop=True, amp=True)
     with torch.inference_mode():
-        out = inferer(torch.rand(2, 3, 32, 32, device="cuda"), net)
+        refinement = inferer.refine(torch.rand(2, 3, 32, 32, device="cuda"), net)
+    out = refinement.logits
     assert out.device.type == "cuda" and out.dtype == torch.float32
-    assert inferer.last_num_passes.device.type == "cuda"
+    assert refinement.num_passes.device.type == "cuda"
 
 
 @pytest.mark.parametrize(
@@ -337,18 +341,8 @@ def test_bad_start_mask_shape_and_bad_network_output():
         IterativeRefinementInferer(start_mask="empty")(torch.zeros(4, 4), DilationStub())
 
 
-def _has_otsu() -> bool:
-    try:
-        return importlib.util.find_spec("fanet_monai.feedback.otsu") is not None
-    except ModuleNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not _has_otsu(), reason="fanet_monai.feedback.otsu not available")
 @pytest.mark.parametrize("name, invert", [("otsu", False), ("otsu_inverted", True)])
 def test_otsu_start_mask(name, invert):
-    from fanet_monai.feedback.otsu import otsu_mask_torch
-
     images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     images[:, :, 4:12, 4:12] += 1.0
     seen: List[torch.Tensor] = []

@@ -14,9 +14,10 @@ from scipy import ndimage
 
 from fanet_monai.feedback import FeedbackMaskCache, otsu_mask_torch
 from fanet_monai.feedback.sources import DEFAULT_MIX, normalize_mix, perturb_mask
-from fanet_monai.inferers import UnrolledFeedbackInferer, start_mask
+from fanet_monai.feedback.masks import start_mask
+from fanet_monai.inferers import UnrolledFeedbackInferer
 from fanet_monai.losses import PassAveragedLoss
-from fanet_monai.transforms import FeedbackMaskd
+from fanet_monai.feedback.transforms import FeedbackMaskd
 
 
 def sample(name="a.png", size=(24, 32), seed=0):
@@ -106,10 +107,11 @@ class RecordingNet(torch.nn.Module):
 @pytest.mark.parametrize("every_pass", [False, True])
 def test_unrolled_inferer_runs_k_passes_and_backpropagates_through_the_last_unless_asked(every_pass):
     net = RecordingNet()
-    x = torch.zeros(2, 4, 9, 9)
-    x[:, 3, 4, 4] = 1  # start mask: one pixel
+    images = torch.zeros(2, 3, 9, 9)
+    mask = torch.zeros(2, 1, 9, 9)
+    mask[:, 0, 4, 4] = 1  # fed mask: one pixel
     inferer = UnrolledFeedbackInferer(num_passes=3, loss_on_every_pass=every_pass)
-    out = inferer(x, net)
+    out = inferer(images, net, mask=mask)
     assert len(net.calls) == 3
     assert [grad for grad, _ in net.calls] == ([True] * 3 if every_pass else [False, False, True])
     # pass k is fed the binarized prediction of pass k - 1: a square growing by one pixel per pass
@@ -120,7 +122,26 @@ def test_unrolled_inferer_runs_k_passes_and_backpropagates_through_the_last_unle
     loss.backward()
     assert net.w.grad is not None and net.w.grad != 0
     with torch.no_grad():
-        assert not inferer(x, net).requires_grad
+        assert not inferer(images, net, mask=mask).requires_grad
+    assert torch.equal(mask[:, 0, 4, 4], torch.ones(2))  # the fed mask itself is not modified
+
+
+def test_unrolled_inferer_starts_from_its_start_mask_without_a_mask_and_checks_shapes():
+    net = RecordingNet()
+    images = torch.rand(2, 3, 9, 9)
+    UnrolledFeedbackInferer(num_passes=2, start_mask="full")(images, net)
+    assert torch.equal(net.calls[0][1], torch.ones(2, 1, 9, 9))
+    with pytest.raises(ValueError, match="mask must have shape"):
+        UnrolledFeedbackInferer()(images, net, mask=torch.zeros(2, 2, 9, 9))
+
+
+def test_unrolled_inferer_probability_feedback_feeds_the_sigmoid():
+    net = RecordingNet()
+    mask = torch.zeros(1, 1, 5, 5)
+    mask[0, 0, 2, 2] = 1
+    UnrolledFeedbackInferer(num_passes=2, feedback="probability")(torch.zeros(1, 3, 5, 5), net, mask=mask)
+    expected = torch.sigmoid(2.0 * (2 * torch.nn.functional.max_pool2d(mask, 3, 1, 1) - 1))
+    torch.testing.assert_close(net.calls[1][1], expected)
 
 
 def test_pass_averaged_loss_is_the_mean_over_passes():

@@ -10,15 +10,9 @@ from monai.data.synthetic import create_test_image_2d
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from fanet_monai.feedback.otsu import (
-    LUMA_WEIGHTS,
-    OtsuMaskd,
-    gaussian_blur_torch,
-    opencv_gaussian_kernel,
-    otsu_mask_torch,
-    otsu_threshold_torch,
-    to_grayscale_torch,
-)
+from fanet_monai.data.transforms import LUMA_WEIGHTS, to_grayscale_torch
+from fanet_monai.feedback.masks import start_mask
+from fanet_monai.feedback.otsu import gaussian_blur_torch, opencv_gaussian_kernel, otsu_mask_torch, otsu_threshold_torch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 GREY_LEVEL = 255.0 / 256  # one histogram bin of a 0..255 image
@@ -159,28 +153,12 @@ def test_uint8_input() -> None:
     torch.testing.assert_close(otsu_mask_torch(x), otsu_mask_torch(x.float()))
 
 
-def test_transform_metatensor() -> None:
-    image = np.stack([TEST_IMAGES[1]] * 3)  # (3, H, W)
-    affine = torch.diag(torch.tensor([0.5, 0.5, 1.0, 1.0], dtype=torch.float64))
-    meta_image = MetaTensor(torch.from_numpy(image), affine=affine, meta={"filename_or_obj": "/data/images/a.jpg"})
-    out = OtsuMaskd(keys="image", mask_key="mask")({"image": meta_image, "label": 0})
-    mask = out["mask"]
-    assert isinstance(mask, MetaTensor) and mask.dtype == torch.float32 and mask.shape == (1, *image.shape[1:])
-    assert mask.meta["filename_or_obj"] == "/data/images/a.jpg"
-    torch.testing.assert_close(mask.affine, affine)
-    mask.meta["filename_or_obj"] = "changed"
-    assert meta_image.meta["filename_or_obj"] == "/data/images/a.jpg"  # a copy, not the same dict
-    assert out["image"] is meta_image and out["label"] == 0
-    torch.testing.assert_close(mask.as_tensor(), otsu_mask_torch(torch.from_numpy(image)[None])[0], rtol=0, atol=0)
-
-
-def test_transform_numpy_and_options() -> None:
+def test_inverted_start_mask_finds_a_dark_target() -> None:
     image, disk = disk_image(bright=False)
-    out = OtsuMaskd(keys="img", mask_key="m", invert=True)({"img": image[None]})
-    assert isinstance(out["m"], np.ndarray) and out["m"].dtype == np.float32 and out["m"].shape == (1, *image.shape)
-    assert ((out["m"][0] > 0) == disk).mean() > 0.98
-    out = OtsuMaskd(keys=["a", "b"], mask_key=["ma", "mb"], allow_missing_keys=True)({"a": image[None]})
-    assert "ma" in out and "mb" not in out
+    mask = start_mask(torch.from_numpy(image)[None, None], "otsu_inverted")
+    assert mask.shape == (1, 1, *image.shape) and mask.dtype == torch.float32
+    assert ((mask[0, 0] > 0).numpy() == disk).mean() > 0.98
+    assert float(((start_mask(torch.from_numpy(image)[None, None], "otsu")[0, 0] > 0).numpy() == disk).mean()) < 0.02
 
 
 def test_metatensor_batch_gives_plain_tensors() -> None:

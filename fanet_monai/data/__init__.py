@@ -1,8 +1,10 @@
-"""Datalists: folders of images and masks, MONAI datalist JSON files, image-only lists for inference."""
+"""Data: image files and readers, datalists, checks, dataset layouts, input transforms, augmentation, synthetic
+data and offline expansion."""
 
-from fanet_monai.data.checks import DataCheckError, DataReport, check_datalist, check_items
-from fanet_monai.data.datalist import IMAGE_SUFFIXES, SPLIT_MODES, folder_datalist, load_datalist, split_items
-from fanet_monai.data.images import NIFTI_SUFFIXES, image_datalist, mask_output_ext
+from fanet_monai.data.checks import DataReport, check_datalist, check_items
+from fanet_monai.data.datalist import SPLIT_MODES, folder_datalist, load_datalist, split_items
+from fanet_monai.data.files import IMAGE_SUFFIXES, NIFTI_SUFFIXES, DataCheckError
+from fanet_monai.data.images import image_datalist, mask_output_ext
 from fanet_monai.data.layouts import LAYOUTS, prepare
 from fanet_monai.data.readers import BitmapReader
 from fanet_monai.data.synthetic import make_synthetic_dataset

@@ -18,7 +18,7 @@ Errors (:class:`DataCheckError`, a ``ValueError``):
 JPEG-noisy masks (levels near 0 and near the maximum, plus a few in between from compression) are accepted and
 thresholded at half the nominal range (``> 127`` for 8-bit); a warning counts the pixels thresholding changed.
 
-The binarization rule (:func:`binary_threshold`) is the one :class:`~fanet_monai.transforms.BinarizeLabeld` applies
+The binarization rule (:func:`binary_threshold`) is the one :class:`~fanet_monai.data.transforms.BinarizeLabeld` applies
 in the bundle, so what is checked is what is trained on.
 """
 
@@ -33,9 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
+import itk
+import nibabel as nib
 import numpy as np
 
-from fanet_monai.data.readers import BITMAP_SUFFIXES, read_bitmap
+from fanet_monai.data.files import BITMAP_SUFFIXES, NIFTI_SUFFIXES, DataCheckError, file_stem, file_suffix
+from fanet_monai.data.datalist import load_datalist
+from fanet_monai.data.readers import read_bitmap
 
 __all__ = [
     "DataCheckError",
@@ -56,30 +60,19 @@ logger = logging.getLogger(__name__)
 #: fraction of pixels far from both mask levels (between 25 % and 75 % of the range) above which a multi-level mask
 #: is not accepted as a noisy binary mask
 MAX_AMBIGUOUS_FRACTION = 0.1
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MAX_LISTED_PROBLEMS = 20
 
 
-class DataCheckError(ValueError):
-    """A dataset problem; the message starts with the file (or files) concerned."""
-
-
 # -- reading ----------------------------------------------------------------------------------------------------------
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
 def read_array(path: str | os.PathLike) -> np.ndarray:
     """Pixels of a 2-D image or mask file, ``(H, W)`` or ``(H, W, C)``, native dtype (PIL for bitmaps, ITK for
     TIFFs PIL cannot read, nibabel for NIfTI). Raises :class:`DataCheckError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise DataCheckError(f"{path}: file not found.")
-    suffix = _suffix(path)
+    suffix = file_suffix(path)
     try:
         if suffix in NIFTI_SUFFIXES:
-            import nibabel as nib
 
             array = np.asanyarray(nib.load(str(path)).dataobj)
             while array.ndim > 2 and array.shape[-1] == 1:
@@ -91,7 +84,7 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
             else:
                 raise DataCheckError(f"{path}: expected a 2-D image, got array shape {array.shape}.")
             return np.ascontiguousarray(array)
-        if suffix.lstrip(".") not in BITMAP_SUFFIXES:
+        if suffix not in BITMAP_SUFFIXES:
             raise DataCheckError(f"{path}: unsupported file type {suffix!r}.")
         try:
             return read_bitmap(path)
@@ -109,8 +102,6 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
 
 
 def _read_with_itk(path: Path) -> np.ndarray:
-    import itk
-
     return np.asarray(itk.array_from_image(itk.imread(str(path))))
 
 
@@ -252,15 +243,6 @@ def _raise_all(errors: List[str]) -> None:
     raise DataCheckError(f"{len(errors)} problems in the dataset:\n  " + "\n  ".join(listed) + more)
 
 
-def _stem(path: str) -> str:
-    name = os.path.basename(path)
-    lower = name.lower()
-    for suffix in (".nii.gz", *(f".{s}" for s in BITMAP_SUFFIXES), ".nii"):
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return os.path.splitext(name)[0]
-
-
 def check_unique_names(splits: Mapping[str, Sequence[Mapping[str, str]]], key: str = "image") -> None:
     """Raise :class:`DataCheckError` naming the files for duplicate stems or base names among the distinct image
     files of all splits, and for an image that is in ``training`` and also in another split. (The same entries in
@@ -277,11 +259,11 @@ def check_unique_names(splits: Mapping[str, Sequence[Mapping[str, str]]], key: s
             errors.append(f"{path}: image is in {' and '.join(splits_of)} (an image must not be trained and held out).")
     by_stem: Dict[str, List[str]] = defaultdict(list)
     for path in owners:
-        by_stem[_stem(path).lower()].append(path)
+        by_stem[file_stem(path).lower()].append(path)
     for stem, paths in by_stem.items():
         if len(paths) > 1:
             errors.append(
-                f"{paths[1]}: duplicate stem {_stem(paths[1])!r} (also {paths[0]}); the feedback cache and the "
+                f"{paths[1]}: duplicate stem {file_stem(paths[1])!r} (also {paths[0]}); the feedback cache and the "
                 "mask pairing key samples by file name, so names must be unique."
             )
     _raise_all(errors)
@@ -382,7 +364,6 @@ def check_datalist(
 ) -> DataReport:
     """Check the lists the bundle will train on (a dataset folder or a datalist JSON, as ``train.json``'s
     ``datalist``) before training starts; raises :class:`DataCheckError` naming the file."""
-    from fanet_monai.data.datalist import load_datalist
 
     lists = {}
     content = None

@@ -9,30 +9,9 @@ from typing import Dict, List, Sequence
 
 from monai.data import load_decathlon_datalist
 
-__all__ = ["IMAGE_SUFFIXES", "SPLIT_MODES", "folder_datalist", "load_datalist", "split_items"]
+from fanet_monai.data.files import IMAGE_SUFFIXES, image_files
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".nii", ".nii.gz")
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
-def _image_files(folder: Path) -> Dict[str, Path]:
-    files: Dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or not path.name.lower().endswith(IMAGE_SUFFIXES):
-            continue
-        stem = _stem(path)
-        if stem in files:
-            raise ValueError(f"{path}: duplicate stem {stem!r} (also {files[stem].name}); file names must be unique.")
-        files[stem] = path
-    return files
-
+__all__ = ["SPLIT_MODES", "folder_datalist", "load_datalist", "split_items"]
 
 SPLIT_MODES = ("random", "last")
 
@@ -77,14 +56,14 @@ def folder_datalist(
     for folder in (image_dir, mask_dir):
         if not folder.is_dir():
             raise ValueError(f"{folder}: folder not found (expected {root}/{images}/ and {root}/{masks}/).")
-    image_files, mask_files = _image_files(image_dir), _image_files(mask_dir)
-    for stem in sorted(set(image_files) - set(mask_files)):
-        raise ValueError(f"{image_files[stem]}: image has no mask in {mask_dir} (matched by file stem {stem!r}).")
-    for stem in sorted(set(mask_files) - set(image_files)):
-        raise ValueError(f"{mask_files[stem]}: mask has no image in {image_dir} (matched by file stem {stem!r}).")
-    if not image_files:
+    images_by_stem, masks_by_stem = image_files(image_dir), image_files(mask_dir)
+    for stem in sorted(set(images_by_stem) - set(masks_by_stem)):
+        raise ValueError(f"{images_by_stem[stem]}: image has no mask in {mask_dir} (matched by file stem {stem!r}).")
+    for stem in sorted(set(masks_by_stem) - set(images_by_stem)):
+        raise ValueError(f"{masks_by_stem[stem]}: mask has no image in {image_dir} (matched by file stem {stem!r}).")
+    if not images_by_stem:
         raise ValueError(f"{image_dir}: no images found (suffixes {', '.join(IMAGE_SUFFIXES)}).")
-    items = [{"image": str(image_files[s]), "label": str(mask_files[s])} for s in sorted(image_files)]
+    items = [{"image": str(images_by_stem[s]), "label": str(masks_by_stem[s])} for s in sorted(images_by_stem)]
     return split_items(items, val_fraction, seed, split_mode)
 
 

@@ -9,11 +9,9 @@ from typing import Dict, List
 
 from monai.data import load_decathlon_datalist
 
-from fanet_monai.data.datalist import IMAGE_SUFFIXES, _image_files
+from fanet_monai.data.files import IMAGE_SUFFIXES, NIFTI_SUFFIXES, image_files
 
-__all__ = ["NIFTI_SUFFIXES", "image_datalist", "mask_output_ext"]
-
-NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+__all__ = ["image_datalist", "mask_output_ext"]
 
 
 def image_datalist(source: str | os.PathLike, key: str = "test", images: str = "images") -> List[Dict[str, str]]:
@@ -31,7 +29,7 @@ def image_datalist(source: str | os.PathLike, key: str = "test", images: str = "
     path = Path(source)
     if path.is_dir():
         folder = path / images if (path / images).is_dir() else path
-        files = _image_files(folder)
+        files = image_files(folder)
         if not files:
             raise ValueError(f"{folder}: no images found (suffixes {', '.join(IMAGE_SUFFIXES)}).")
         return [{"image": str(files[stem])} for stem in sorted(files)]

@@ -43,9 +43,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 from PIL import Image
 
-from fanet_monai.data.checks import DataCheckError, DataReport, binarize_mask, check_items, read_array
-from fanet_monai.data.datalist import IMAGE_SUFFIXES
+from fanet_monai.data.checks import DataReport, binarize_mask, check_items, read_array
+from fanet_monai.data.expand import expand_offline
+from fanet_monai.data.files import DataCheckError, file_stem, image_files, natural_key
 from fanet_monai.data.readers import normalize_mode
+from fanet_monai.presets import preset_value
 
 __all__ = ["LAYOUTS", "PAPER_SPLITS", "PaperSplit", "prepare", "split_counts"]
 
@@ -73,31 +75,6 @@ PAPER_SPLITS: Dict[str, PaperSplit] = {
     "em-isbi2012": PaperSplit(30, 24, 3, 3, "contiguous"),  # serial sections: neighbours are correlated
     "chase-db1": PaperSplit(28, 20, 8, "test", "contiguous"),  # first 20 train, last 8 test (Li et al., as the paper)
 }
-
-
-def _natural_key(text: str) -> Tuple:
-    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text))
-
-
-def _stem(name: str) -> str:
-    lower = name.lower()
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return os.path.splitext(name)[0]
-
-
-def _images_in(folder: Path) -> Dict[str, Path]:
-    """``{stem: path}`` of the image files of ``folder`` (natural order); duplicate stems are an error."""
-    files: Dict[str, Path] = {}
-    for path in sorted(folder.iterdir(), key=lambda p: _natural_key(p.name)):
-        if not path.is_file() or path.name.startswith(".") or not path.name.lower().endswith(IMAGE_SUFFIXES):
-            continue
-        stem = _stem(path.name)
-        if stem in files:
-            raise DataCheckError(f"{path}: duplicate stem {stem!r} (also {files[stem].name}); file names must be unique.")
-        files[stem] = path
-    return files
 
 
 def _pair(
@@ -133,7 +110,7 @@ def _walk_dirs(root: Path, depth: int = 3) -> Iterable[Path]:
             yield folder
             try:
                 nxt += sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                              key=lambda p: _natural_key(p.name))
+                              key=lambda p: natural_key(p.name))
             except OSError:
                 continue
         level = nxt
@@ -237,7 +214,7 @@ def _cut(items: List[Dict[str, str]], train: int, val: int, test: int, val_is_te
     training, validation, test (in that order); ``val_is_test``: the validation list is the test list."""
     if order not in ("random", "contiguous"):
         raise ValueError(f"split order must be 'random' or 'contiguous', got {order!r}.")
-    ordered = sorted(items, key=lambda i: _natural_key(os.path.basename(i["image"])))
+    ordered = sorted(items, key=lambda i: natural_key(os.path.basename(i["image"])))
     if order == "random":
         random.Random(seed).shuffle(ordered)
     if val_is_test:
@@ -282,7 +259,7 @@ def _read_list(path: Path, stems: Dict[str, Path], images_dir: Path) -> List[str
         name = line.strip()
         if not name:
             continue
-        stem = _stem(os.path.basename(name))
+        stem = file_stem(name)
         if stem not in stems:
             raise DataCheckError(f"{path}:{number}: {name!r} has no image in {images_dir}.")
         names.append(stem)
@@ -291,13 +268,13 @@ def _read_list(path: Path, stems: Dict[str, Path], images_dir: Path) -> List[str
 
 def _kvasir(root: Path, stage: _Stage, seed: int, options: dict):
     images_dir, masks_dir = _find_pair(root, ["images"], ["masks"], "Kvasir-SEG images/ and masks/ folders")
-    images, masks = _images_in(images_dir), _images_in(masks_dir)
+    images, masks = image_files(images_dir, natural=True), image_files(masks_dir, natural=True)
     items = _pair(images, masks, lambda s: s, images_dir, masks_dir)
     folder = images_dir.parent
     lists_dir = next((d for d in (folder, root) if (d / "train.txt").is_file() and (d / "val.txt").is_file()), None)
     if lists_dir is None:
         return _split(items, PAPER_SPLITS["kvasir-seg"], seed, options.get("split_order"))
-    by_stem = {_stem(os.path.basename(i["image"])): i for i in items}
+    by_stem = {file_stem(i["image"]): i for i in items}
     train = _read_list(lists_dir / "train.txt", images, images_dir)
     test = _read_list(lists_dir / "val.txt", images, images_dir)
     lists = {"training": [by_stem[s] for s in train], "validation": [by_stem[s] for s in test],
@@ -321,7 +298,7 @@ def _cvc(root: Path, stage: _Stage, seed: int, options: dict):
         raise DataCheckError(f"{root}: no CVC-ClinicDB 'Original' and 'Ground Truth' folders found.")
     tif = [c for c in candidates if any(p.suffix.lower() in (".tif", ".tiff") for p in c[0].iterdir())]
     original, truth = (tif or candidates)[0]
-    items = _pair(_images_in(original), _images_in(truth), lambda s: s, original, truth)
+    items = _pair(image_files(original, natural=True), image_files(truth, natural=True), lambda s: s, original, truth)
     return _split(items, PAPER_SPLITS["cvc-clinicdb"], seed, options.get("split_order"))
 
 
@@ -329,7 +306,7 @@ def _dsb(root: Path, stage: _Stage, seed: int, options: dict):
     train_dir = _child(root, ["stage1_train"])
     if train_dir is None:
         train_dir = next((d for d in _walk_dirs(root, 2) if d.name.lower() == "stage1_train"), root)
-    cases = [d for d in sorted(train_dir.iterdir(), key=lambda p: _natural_key(p.name))
+    cases = [d for d in sorted(train_dir.iterdir(), key=lambda p: natural_key(p.name))
              if d.is_dir() and not d.name.startswith(".")]
     cases = [d for d in cases if (d / "images").is_dir() or (d / "masks").is_dir()]
     if not cases:
@@ -337,12 +314,12 @@ def _dsb(root: Path, stage: _Stage, seed: int, options: dict):
     out = stage.folder("dsb2018_masks")
     errors, items = [], []
     for case in cases:
-        images = _images_in(case / "images") if (case / "images").is_dir() else {}
+        images = image_files(case / "images", natural=True) if (case / "images").is_dir() else {}
         if len(images) != 1:
             errors.append(f"{case / 'images'}: expected exactly one image, found {len(images)}.")
             continue
         image = next(iter(images.values()))
-        mask_files = list(_images_in(case / "masks").values()) if (case / "masks").is_dir() else []
+        mask_files = list(image_files(case / "masks", natural=True).values()) if (case / "masks").is_dir() else []
         if not mask_files:
             errors.append(f"{image}: image has no mask ({case / 'masks'} is missing or empty).")
             continue
@@ -362,7 +339,7 @@ def _dsb(root: Path, stage: _Stage, seed: int, options: dict):
                 union |= binarize_mask(mask, mask_file)[0]
             except DataCheckError as error:
                 errors.append(str(error))
-        target = out / f"{_stem(image.name)}.png"
+        target = out / f"{file_stem(image.name)}.png"
         _write_png(target, union.astype(np.uint8) * 255)
         items.append({"image": str(image.absolute()), "label": str(target)})
     _raise(errors)
@@ -388,9 +365,9 @@ def _isic(root: Path, stage: _Stage, seed: int, options: dict):
             raise DataCheckError(f"{root}: no ISIC 2018 Task 1 folders found (ISIC2018_Task1-2_Training_Input/ and "
                                  "ISIC2018_Task1_Training_GroundTruth/).")
         input_dir = truth_dir = flat
-    all_images = _images_in(input_dir)
+    all_images = image_files(input_dir, natural=True)
     images = {s: p for s, p in all_images.items() if not s.endswith(("_segmentation", "_superpixels"))}
-    masks = {s: p for s, p in _images_in(truth_dir).items() if s.endswith("_segmentation")}
+    masks = {s: p for s, p in image_files(truth_dir, natural=True).items() if s.endswith("_segmentation")}
     items = _pair(images, masks, lambda s: f"{s}_segmentation", input_dir, truth_dir)
     lists, notes = _split(items, PAPER_SPLITS["isic2018"], seed, options.get("split_order"))
     return lists, notes + [f"images {input_dir}, masks {truth_dir} (the official validation/test inputs are not used)"]
@@ -430,7 +407,7 @@ def _em(root: Path, stage: _Stage, seed: int, options: dict):
         except DataCheckError:
             raise DataCheckError(f"{root}: no train-volume.tif + train-labels.tif and no images/ + masks/ slice "
                                  "folders found (ISBI 2012 EM).") from None
-    items = _pair(_images_in(images_dir), _images_in(masks_dir), lambda s: s, images_dir, masks_dir)
+    items = _pair(image_files(images_dir, natural=True), image_files(masks_dir, natural=True), lambda s: s, images_dir, masks_dir)
     lists, split_notes = _split(items, PAPER_SPLITS["em-isbi2012"], seed, options.get("split_order"))
     return lists, split_notes + notes
 
@@ -449,7 +426,7 @@ def _drive(root: Path, stage: _Stage, seed: int, options: dict):
             continue
         by_id = {}
         for key, folder in folders.items():
-            for stem, path in _images_in(folder).items():
+            for stem, path in image_files(folder, natural=True).items():
                 number = re.match(r"\d+", stem)
                 if number is None:
                     continue
@@ -479,7 +456,7 @@ def _chase(root: Path, stage: _Stage, seed: int, options: dict):
                                                           if p.is_file())), None)
     if folder is None:
         raise DataCheckError(f"{root}: no CHASE-DB1 files found (Image_XXL.jpg + Image_XXL_1stHO.png).")
-    files = _images_in(folder)
+    files = image_files(folder, natural=True)
     images = {s: p for s, p in files.items() if not re.search(r"_(1st|2nd)ho$", s, re.I)}
     masks = {s: p for s, p in files.items() if re.search(r"_1stho$", s, re.I)}
     suffix = next((s[-6:] for s in masks), "_1stHO")
@@ -493,7 +470,7 @@ def _folder(root: Path, stage: _Stage, seed: int, options: dict):
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
             raise DataCheckError(f"{folder}: folder not found (expected {images_dir.name}/ and {masks_dir.name}/ in {root}).")
-    items = _pair(_images_in(images_dir), _images_in(masks_dir), lambda s: s, images_dir, masks_dir)
+    items = _pair(image_files(images_dir, natural=True), image_files(masks_dir, natural=True), lambda s: s, images_dir, masks_dir)
     val_fraction = float(options.get("val_fraction", 0.1))
     test_fraction = float(options.get("test_fraction", 0.1))
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -578,8 +555,6 @@ def prepare(
         raise DataCheckError(f"{root}: dataset folder not found.")
     copies = offline_copies
     if copies == "paper":
-        from fanet_monai.presets import preset_value
-
         copies = preset_value(layout, "offline_copies") if layout != "folder" else 0
     copies = int(copies)
     options = {"split_order": split_order, "val_fraction": val_fraction, "test_fraction": test_fraction}
@@ -592,8 +567,6 @@ def prepare(
         report = check_items(lists, title=f"{layout}: {root}")
         report.notes = notes + report.notes
         if copies:
-            from fanet_monai.augmentation import expand_offline
-
             folder = stage.folder(f"{layout}_augmented")
             extra = expand_offline(lists["training"], folder, copies, seed=seed)
             report.notes.append(f"offline augmentation: {copies} copies of each of the {len(lists['training'])} "

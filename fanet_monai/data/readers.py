@@ -12,7 +12,7 @@ GIF reader at all (DRIVE's manual annotations and FOV masks are GIFs), and PIL's
 - CMYK / YCbCr / LAB → RGB; gray, gray+alpha, RGB, RGBA and 32-bit float stay as they are.
 
 The native dtype is kept (load with ``dtype=None``) and recorded in ``meta["source_dtype"]``, so
-:class:`~fanet_monai.transforms.ScaleToUnitd` can scale by the dtype's range (255 for 8-bit, 65535 for 16-bit).
+:class:`~fanet_monai.data.transforms.ScaleToUnitd` can scale by the dtype's range (255 for 8-bit, 65535 for 16-bit).
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from monai.data import PILReader
+from monai.data import ITKReader, PILReader
 from monai.data.utils import is_supported_format
 from monai.utils import ensure_tuple
 from PIL import Image
 
-__all__ = ["BITMAP_SUFFIXES", "BitmapReader", "normalize_mode", "read_bitmap"]
+from fanet_monai.data.files import BITMAP_SUFFIXES
 
-BITMAP_SUFFIXES: tuple[str, ...] = ("png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff")
+__all__ = ["BitmapReader", "normalize_mode", "read_bitmap"]
 
 
 def normalize_mode(image: Image.Image) -> Image.Image:
@@ -81,7 +81,7 @@ class _ITKImage:
 class BitmapReader(PILReader):
     """MONAI ``PILReader`` for ``png/jpg/jpeg/bmp/gif/tif/tiff`` with :func:`normalize_mode` as its converter, the
     stored dtype recorded as ``meta["source_dtype"]`` (MONAI turns uint16 into int32 tensors; this is how
-    :class:`~fanet_monai.transforms.ScaleToUnitd` still knows a 16-bit image), and images decoded in ``read`` so a
+    :class:`~fanet_monai.data.transforms.ScaleToUnitd` still knows a 16-bit image), and images decoded in ``read`` so a
     truncated file fails there. TIFFs PIL cannot decode (e.g. 16-bit RGB) fall back to MONAI's ``ITKReader``.
     Other files (NIfTI, ...) are left to MONAI's other readers.
 
@@ -97,7 +97,7 @@ class BitmapReader(PILReader):
         self.tiff = tiff
 
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
-        suffixes = [s for s in BITMAP_SUFFIXES if self.tiff or not s.startswith("tif")]
+        suffixes = [s.lstrip(".") for s in BITMAP_SUFFIXES if self.tiff or not s.startswith(".tif")]
         return is_supported_format(filename, suffixes)
 
     def read(self, data, **kwargs):
@@ -112,8 +112,6 @@ class BitmapReader(PILReader):
             except Exception:
                 if Path(name).suffix.lower() not in (".tif", ".tiff"):
                     raise
-                from monai.data import ITKReader
-
                 reader = ITKReader(reverse_indexing=self.reverse_indexing)
                 images.append(_ITKImage(reader, reader.read(name)))
         return images if len(names) > 1 else images[0]
@@ -132,8 +130,3 @@ class BitmapReader(PILReader):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(tiff={self.tiff})"
-
-
-def is_bitmap(path: str | os.PathLike) -> bool:
-    """Whether the file is a 2-D bitmap by its suffix (:data:`BITMAP_SUFFIXES`)."""
-    return Path(path).suffix.lower().lstrip(".") in BITMAP_SUFFIXES

@@ -38,6 +38,7 @@ import torch.distributed as dist
 from monai.data import MetaTensor
 from monai.utils import ImageMetaKey, min_version, optional_import
 
+from fanet_monai.distributed import get_rank, get_world_size
 from fanet_monai.feedback.cache import FeedbackMaskCache, sample_key
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -126,12 +127,6 @@ class FeedbackCacheSyncHandler:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.stamp)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.synchronize)
 
-    # -------------------------------------------------------------------------------------------- distribution
-    def _world(self) -> Tuple[int, int]:
-        if not (dist.is_available() and dist.is_initialized()):
-            return 0, 1
-        return dist.get_rank(self.group), dist.get_world_size(self.group)
-
     # ----------------------------------------------------------------------------------------------- handlers
     def epoch_started(self, engine: Engine) -> None:
         """Forget the "changed" flags of masks that every rank holds alike (initial masks, a restored checkpoint)."""
@@ -153,7 +148,7 @@ class FeedbackCacheSyncHandler:
 
     def synchronize(self, engine: Optional[Engine] = None) -> Dict[str, Any]:
         """Exchange the masks committed since the last call with all ranks; returns this exchange's statistics."""
-        rank, world = self._world()
+        rank, world = get_rank(self.group), get_world_size(self.group)
         epoch = engine.state.epoch if engine is not None else None
         start = time.perf_counter()
         updates = self.cache.export_updates()
@@ -187,13 +182,13 @@ class FeedbackCacheSyncHandler:
 
     def _check(self) -> bool:
         """All-gather the caches' digests; if they differ, give every rank rank 0's masks. True if they agreed."""
-        digests: List[Optional[bytes]] = [None] * self._world()[1]
+        digests: List[Optional[bytes]] = [None] * get_world_size(self.group)
         dist.all_gather_object(digests, cache_digest(self.cache), group=self.group)
         if all(d == digests[0] for d in digests):
             return True
         differing = [r for r, d in enumerate(digests) if d != digests[0]]
         self.logger.warning(f"feedback caches of ranks {differing} differ from rank 0's: copying rank 0's cache.")
-        masks = [self.cache.state_dict()["masks"] if self._world()[0] == 0 else None]
+        masks = [self.cache.state_dict()["masks"] if get_rank(self.group) == 0 else None]
         src = 0 if self.group is None else dist.get_global_rank(self.group, 0)
         dist.broadcast_object_list(masks, src=src, group=self.group)
         state = self.cache.state_dict()

@@ -1,22 +1,25 @@
 """Ignite handlers that run FANet's feedback loop inside MONAI's ``SupervisedTrainer``.
 
-One sample's mask travels: file name → cache (RLE, in the preprocessed frame) → :class:`~fanet_monai.transforms.
-FeedbackMaskd` puts it in the data dict → random augmentation moves it with the image → :class:`FeedbackMaskHandler`
-concatenates it to the image (one tensor) → network → prediction → binarized → mapped back to the preprocessed frame
-with the inverse of the augmentation → cache.
+One sample's mask travels in one direction: file name → cache (RLE, in the preprocessed frame) →
+:class:`~fanet_monai.feedback.transforms.FeedbackMaskd` puts it in the data dict → random augmentation moves it with
+the image → the trainer hands it to its inferer (``PrepareBatchExtraInput({"mask": "mask"})`` →
+``inferer(image, network, mask=mask)``, which builds the network's input) → prediction → :class:`FeedbackMaskHandler`
+binarizes it, maps it back to the preprocessed frame with the inverse of the augmentation → cache.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 from monai.data import MetaTensor
+from monai.metrics import compute_dice
 from monai.transforms import Compose, Invertd
 from monai.utils import min_version, optional_import
 
 from fanet_monai.feedback.cache import FeedbackMaskCache, sample_key
+from fanet_monai.feedback.transforms import FeedbackMaskd
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
@@ -47,11 +50,8 @@ def _zero_padding(operations: Any) -> Any:
 
 
 def _dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample Dice of binary ``(B, 1, *spatial)`` tensors; two empty masks agree perfectly (1.0)."""
-    dims = tuple(range(1, a.ndim))
-    inter = (a * b).sum(dims)
-    total = a.sum(dims) + b.sum(dims)
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1e-8), torch.ones_like(total))
+    """Per-sample Dice ``(B,)`` of binary ``(B, 1, *spatial)`` tensors (MONAI's); two empty masks agree (1.0)."""
+    return compute_dice(a.float(), b.float(), include_background=True, ignore_empty=False)[:, 0]
 
 
 class FeedbackMaskHandler:
@@ -60,38 +60,45 @@ class FeedbackMaskHandler:
     - ``Events.EPOCH_STARTED``: every training sample without a cached mask gets the paper's initial mask (Otsu of
       the preprocessed image), so the cache is complete before the epoch's data-loader workers start (also after a
       resume, when the checkpoint has restored the cache first).
-    - ``Events.ITERATION_STARTED``: the network input becomes ``cat([image, mask])`` (one tensor); the Dice of the
-      fed masks against the labels is accumulated (what the feedback did).
+    - ``Events.ITERATION_STARTED``: the Dice of the fed masks against the labels is accumulated (what the feedback
+      did); the masks themselves reach the network through the trainer's inferer.
     - ``Events.ITERATION_COMPLETED``: each prediction is binarized, mapped back to the preprocessed frame with the
       inverse of the augmentation that produced the sample, and stored under the sample's file name. Pixels that the
       augmented view did not cover (cropped or rotated out) keep their previous mask.
     - ``Events.EPOCH_COMPLETED``: ``engine.state.metrics[metric_name]`` = mean Dice of the fed masks vs labels, and
       ``engine.state.metrics["stored_mask_dice"]`` = mean Dice of the masks stored this epoch vs labels (both in the
       augmented frame, as the network saw them). With the paper's ``previous`` source, epoch ``e``'s fed masks are
-      epoch ``e - 1``'s stored ones (Otsu at epoch 1); with unrolled training the fed mask is always the start mask.
+      epoch ``e - 1``'s stored ones (the start mask at epoch 1); the ``initial`` and ``mixed`` sources feed the start
+      mask to all or some samples (:mod:`fanet_monai.feedback.sources`), and unrolled training
+      (:class:`~fanet_monai.inferers.UnrolledFeedbackInferer`) refines whatever mask it was fed.
 
-    The dataset transform must contain one :class:`~fanet_monai.transforms.FeedbackMaskd`; the transforms before it
-    must be deterministic (they define the cache frame), the ones after it are the augmentation that is inverted.
+    ``transform`` (the training dataset's transform, ``@train#transforms`` in ``train.json``) must contain one
+    :class:`~fanet_monai.feedback.transforms.FeedbackMaskd`; the transforms before it must be deterministic (they
+    define the cache frame), the ones after it are the augmentation that is inverted.
 
     Args:
         cache: the cache shared with ``FeedbackMaskd``.
+        transform: the training dataset's ``Compose`` transform.
         image_key, label_key, mask_key, pred_key: keys of the batch and of the engine output.
         threshold: probability above which a predicted pixel is foreground.
-        transform: the training dataset's transform; default ``engine.data_loader.dataset.transform``.
         metric_name: name of the per-epoch Dice of the fed masks.
     """
 
     def __init__(
         self,
         cache: FeedbackMaskCache,
+        transform: Compose,
         image_key: str = "image",
         label_key: str = "label",
         mask_key: str = "mask",
         pred_key: str = "pred",
         threshold: float = 0.5,
-        transform: Optional[Compose] = None,
         metric_name: str = "feedback_mask_dice",
     ) -> None:
+        if not isinstance(transform, Compose):
+            raise ValueError(
+                f"FeedbackMaskHandler needs the training dataset's Compose transform, got {type(transform).__name__}."
+            )
         self.cache = cache
         self.image_key = image_key
         self.label_key = label_key
@@ -100,11 +107,11 @@ class FeedbackMaskHandler:
         self.threshold = threshold
         self.transform = transform
         self.metric_name = metric_name
-        self.history: List[float] = []  # mean Dice of fed masks vs labels, one value per epoch
-        self.stored_history: List[float] = []  # mean Dice of the stored (predicted) masks vs labels, per epoch
+        self.history: list[float] = []  # mean Dice of fed masks vs labels, one value per epoch
+        self.stored_history: list[float] = []  # mean Dice of the stored (predicted) masks vs labels, per epoch
         self._dice_sum = self._stored_sum = 0.0
         self._dice_count = self._stored_count = 0
-        self._invert: Optional[Invertd] = None
+        self._invert: Invertd | None = None
         self._preprocess_end = 0
         self.logger = logging.getLogger(__name__)
 
@@ -116,14 +123,8 @@ class FeedbackMaskHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.report)
 
     # -- set-up ---------------------------------------------------------------------------------------------------
-    def _split_transform(self, engine: Engine) -> Compose:
-        from fanet_monai.transforms import FeedbackMaskd
-
+    def _split_transform(self) -> Compose:
         transform = self.transform
-        if transform is None:
-            transform = getattr(getattr(engine.data_loader, "dataset", None), "transform", None)
-        if not isinstance(transform, Compose):
-            raise ValueError("FeedbackMaskHandler needs the training dataset's Compose transform (pass `transform`).")
         flat = transform.flatten().transforms
         positions = [i for i, t in enumerate(flat) if isinstance(t, FeedbackMaskd) and t.cache is self.cache]
         if len(positions) != 1:
@@ -147,7 +148,7 @@ class FeedbackMaskHandler:
         """Give every training sample without a cached mask its initial (Otsu) mask."""
         if getattr(engine.data_loader, "persistent_workers", False):
             raise ValueError("persistent data-loader workers would feed stale feedback masks: set persistent_workers=False.")
-        transform = self._split_transform(engine) if self._invert is None else self._transform
+        transform = self._split_transform() if self._invert is None else self._transform
         feedback_transform = self._flat[self._preprocess_end]
         items = getattr(engine.data_loader.dataset, "data", None)
         if items is None:
@@ -174,12 +175,11 @@ class FeedbackMaskHandler:
         self._dice_count = self._stored_count = 0
 
     def feed(self, engine: Engine) -> None:
-        """Network input = image ⊕ mask; accumulate the Dice of the fed masks against the labels."""
+        """Check that the fed masks are aligned with the images; accumulate their Dice against the labels."""
         batch = engine.state.batch
         image, mask = batch[self.image_key], batch[self.mask_key]
         if image.shape[2:] != mask.shape[2:]:
             raise ValueError(f"image {tuple(image.shape)} and feedback mask {tuple(mask.shape)} are not aligned.")
-        batch[self.image_key] = torch.cat([image, mask.to(image.dtype)], dim=1)
         label = batch.get(self.label_key)
         if label is not None:
             dice = _dice((mask > 0.5).float(), (label > 0.5).float())
@@ -255,7 +255,7 @@ class FeedbackCommitHandler:
         self.cache = cache
         self.metric_name = metric_name
         self.mode = mode
-        self.best: Optional[float] = None
+        self.best: float | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -271,8 +271,8 @@ class FeedbackCommitHandler:
         else:
             self.cache.discard()
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = state.get("best")

@@ -1,11 +1,12 @@
 """FANet's initial mask: grayscale -> 5x5 Gaussian blur -> Otsu threshold, brighter than the threshold = foreground.
 
-Everything runs batched in torch on the images' own device (CPU or CUDA, no host round trip), so the CPU
-dictionary transform :class:`OtsuMaskd` and a GPU inferer produce exactly the same mask for the same image.
+Everything runs batched in torch on the images' own device (CPU or CUDA, no host round trip), so the CPU data
+pipeline (:class:`~fanet_monai.feedback.transforms.FeedbackMaskd`) and a GPU inferer produce exactly the same mask
+for the same image.
 
 Conventions (fixed, and shared by every function here):
 
-- **Grayscale**: 3-channel images (RGB order, MONAI's convention) use the ITU-R BT.601 luma weights
+- **Grayscale** (:func:`fanet_monai.data.transforms.to_grayscale_torch`): 3-channel images (RGB order, MONAI's convention) use the ITU-R BT.601 luma weights
   ``0.299 R + 0.587 G + 0.114 B``, as OpenCV's ``cvtColor(..., COLOR_RGB2GRAY)`` used by the FANet reference code
   (note that ``skimage.color.rgb2gray`` uses BT.709 weights ``0.2125, 0.7154, 0.0721`` instead); any other channel
   count uses the mean over channels.
@@ -22,30 +23,13 @@ Conventions (fixed, and shared by every function here):
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-
 import torch
-from monai.config import KeysCollection
-from monai.config.type_definitions import NdarrayOrTensor
 from monai.networks.layers import separable_filtering
 from monai.networks.layers.convutils import gaussian_1d
-from monai.transforms import MapTransform
-from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
 
-__all__ = [
-    "LUMA_WEIGHTS",
-    "OtsuMaskd",
-    "OtsuMaskD",
-    "OtsuMaskDict",
-    "gaussian_blur_torch",
-    "opencv_gaussian_kernel",
-    "otsu_mask_torch",
-    "otsu_threshold_torch",
-    "to_grayscale_torch",
-]
+from fanet_monai.data.transforms import to_grayscale_torch
 
-LUMA_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
-"""ITU-R BT.601 luma weights for (R, G, B), used for 3-channel images."""
+__all__ = ["gaussian_blur_torch", "opencv_gaussian_kernel", "otsu_mask_torch", "otsu_threshold_torch"]
 
 # OpenCV's getGaussianKernel uses these fixed kernels when sigma <= 0 and the size is 1, 3, 5 or 7.
 _OPENCV_FIXED_KERNELS: dict[int, tuple[float, ...]] = {
@@ -54,30 +38,6 @@ _OPENCV_FIXED_KERNELS: dict[int, tuple[float, ...]] = {
     5: (0.0625, 0.25, 0.375, 0.25, 0.0625),
     7: (0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125),
 }
-
-
-def _compute_dtype(images: torch.Tensor) -> torch.dtype:
-    """float64 stays float64; everything else (integers, half precision, float32) is processed in float32."""
-    return torch.float64 if images.dtype == torch.float64 else torch.float32
-
-
-def to_grayscale_torch(images: torch.Tensor) -> torch.Tensor:
-    """Grayscale of a batch: BT.601 luma for 3 channels (RGB order), channel mean otherwise.
-
-    Args:
-        images: ``(B, C, *spatial)``, any numeric dtype, any device.
-
-    Returns:
-        plain tensor (metadata of a MetaTensor is dropped) ``(B, 1, *spatial)`` in float32 (float64 for float64
-        input), on the input's device.
-    """
-    if images.ndim < 3:
-        raise ValueError(f"images must be (B, C, *spatial) with at least one spatial dim, got {tuple(images.shape)}.")
-    x = convert_to_tensor(images, dtype=_compute_dtype(images), track_meta=False)  # MetaTensor -> plain tensor
-    if x.shape[1] == 3:
-        weights = torch.tensor(LUMA_WEIGHTS, dtype=x.dtype, device=x.device)
-        return torch.tensordot(x.movedim(1, -1), weights, dims=1).unsqueeze(1)
-    return x.mean(dim=1, keepdim=True)
 
 
 def opencv_gaussian_kernel(kernel_size: int = 5, sigma: float | None = None) -> torch.Tensor:
@@ -193,55 +153,3 @@ def otsu_mask_torch(
         not_constant = (flat.amax(dim=1) > flat.amin(dim=1)).view(shape)
         foreground = ~foreground & not_constant  # a constant image has no target in either polarity
     return foreground.to(gray.dtype)
-
-
-class OtsuMaskd(MapTransform):
-    """Dictionary transform writing FANet's initial mask (:func:`otsu_mask_torch`) of an image under a new key.
-
-    The image is channel-first ``(C, *spatial)`` (numpy array, tensor or :class:`~monai.data.MetaTensor`); the
-    mask is float32 ``(1, *spatial)`` with values 0/1, of the same type and device as the image. A MetaTensor mask
-    carries a copy of the image's metadata and applied operations, so that later (random) spatial transforms can
-    be applied to image and mask alike.
-
-    Args:
-        keys: image keys.
-        mask_key: key (or one key per image key) under which to write the mask.
-        blur_kernel: odd width of the Gaussian kernel.
-        sigma: Gaussian standard deviation, ``None`` = OpenCV's default for ``blur_kernel``.
-        invert: mark darker-than-threshold pixels as foreground instead (dark targets).
-        bins: histogram bins of the Otsu threshold.
-        allow_missing_keys: don't raise an exception if an image key is missing.
-    """
-
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        mask_key: str | Sequence[str] = "mask",
-        blur_kernel: int = 5,
-        sigma: float | None = None,
-        invert: bool = False,
-        bins: int = 256,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.mask_keys = ensure_tuple_rep(mask_key, len(self.keys))
-        self.blur_kernel = blur_kernel
-        self.sigma = sigma
-        self.invert = invert
-        self.bins = bins
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key, mask_key in self.key_iterator(d, self.mask_keys):
-            image = d[key]
-            tensor = convert_to_tensor(image, track_meta=False)
-            mask = otsu_mask_torch(
-                tensor[None], blur_kernel=self.blur_kernel, sigma=self.sigma, invert=self.invert, bins=self.bins
-            )[0]
-            d[mask_key] = convert_to_dst_type(mask, dst=image, dtype=torch.float32)[0]
-        return d
-
-
-OtsuMaskD = OtsuMaskDict = OtsuMaskd

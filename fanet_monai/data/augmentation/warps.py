@@ -1,16 +1,10 @@
-"""The paper's data augmentation (Sec. IV-A) as MONAI dictionary transforms, online or as offline copies.
-
-Paper: "random crop, flipping, rotation, elastic transformation, grid distortion, optical distortion, grayscale
-conversion, random brightness, contrast, channel [shuffle], and coarse dropout". :func:`paper_augmentation` builds
-that list, each transform with its own probability; spatial ones move the image (bilinear) and the label and
-feedback mask (nearest) together, intensity ones touch the image only.
+"""Invertible random 2-D warps for the paper's augmentation (random crop, elastic, grid and optical distortion).
 
 Feedback training inverts each sample's augmentation to bring the prediction back into the cache frame
 (``FeedbackMaskHandler`` → MONAI ``Invertd`` → ``Compose.inverse``). ``Compose.inverse`` *silently skips* every
 transform that is not an ``InvertibleTransform`` — and MONAI's ``Rand2DElasticd`` and ``RandGridDistortiond`` are
 not: with them the prediction would be cached in the deformed frame, misaligned, without any error. So the
-non-rigid warps here are this module's own invertible transforms (:class:`RandWarpd` subclasses; MONAI has no
-optical distortion at all):
+non-rigid warps here are invertible (:class:`RandWarpd` subclasses; MONAI has no optical distortion at all):
 
 - :class:`RandCropResized` — random crop (a window of 70-100 % of each side, random position) resized back to the
   input size (so batches keep one shape); exact inverse.
@@ -20,81 +14,23 @@ optical distortion at all):
   / MONAI's grid distortion, normalized to keep the image extent); exact inverse.
 - :class:`RandOpticalDistortd` — radial (barrel/pincushion) lens distortion about a jittered centre (as
   albumentations' optical distortion); inverse by fixed-point iteration.
-
-:func:`check_feedback_augmentation` (called by ``train.json`` before training) rejects augmentations that would
-silently misalign the feedback masks: a transform that lists the mask key but is not invertible, or a spatial
-transform that moves the image but not the mask.
-
-Offline expansion (Table I's "train after aug."): :func:`expand_offline` writes N fixed augmented copies of every
-training image (``prepare(..., offline_copies=N)``).
 """
 
 from __future__ import annotations
 
-import math
-import os
-from pathlib import Path
-from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
-from monai.transforms import (
-    Compose,
-    InvertibleTransform,
-    MapTransform,
-    RandCoarseDropoutd,
-    RandFlipd,
-    RandomizableTransform,
-    RandRotated,
-    RandScaleIntensityFixedMeand,
-    RandShiftIntensityd,
-    ScaleIntensityRanged,
-)
 from monai.data.meta_obj import get_track_meta
+from monai.transforms import InvertibleTransform, MapTransform, RandomizableTransform
 from monai.utils import TraceKeys, convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
 
-from fanet_monai.feedback.otsu import to_grayscale_torch
-
-__all__ = [
-    "AUGMENTATIONS",
-    "PAPER_PROBS",
-    "RandChannelShuffled",
-    "RandCropResized",
-    "RandElasticd",
-    "RandGrayscaled",
-    "RandGridDistortd",
-    "RandOpticalDistortd",
-    "RandWarpd",
-    "check_feedback_augmentation",
-    "choose_augmentation",
-    "expand_offline",
-    "paper_augmentation",
-]
-
-#: per-transform probabilities of :func:`paper_augmentation` (the paper gives none; the reference code uses 0.3 for
-#: its rotation, flips and coarse dropout)
-PAPER_PROBS: Dict[str, float] = {
-    "crop": 0.3,
-    "rotate": 0.3,
-    "flip_h": 0.3,
-    "flip_v": 0.3,
-    "elastic": 0.2,
-    "grid": 0.2,
-    "optical": 0.2,
-    "grayscale": 0.1,
-    "brightness": 0.3,
-    "contrast": 0.3,
-    "channel_shuffle": 0.1,
-    "dropout": 0.3,
-}
-
-#: names of the augmentation choices of ``train.json`` (``--augmentation``)
-AUGMENTATIONS = ("light", "paper", "none")
+__all__ = ["RandCropResized", "RandElasticd", "RandGridDistortd", "RandOpticalDistortd", "RandWarpd"]
 
 
-# -- invertible warps -------------------------------------------------------------------------------------------------
 def _identity_coords(shape: Sequence[int]) -> torch.Tensor:
     """Normalized ``(H, W, 2)`` pixel-centre coordinates, last dim ``(x, y)``, -1/+1 at the first/last pixel."""
     h, w = int(shape[0]), int(shape[1])
@@ -348,229 +284,3 @@ class RandOpticalDistortd(RandWarpd):
         scale = torch.where(rho > 0, s / rho.clamp_min(1e-12), torch.ones_like(rho))
         # unseen points: far out along their own ray, so that interpolating the grid keeps them out of the image
         return center + offset * torch.where(solved, scale, torch.full_like(scale, 100.0))
-
-
-# -- intensity transforms (image only) ------------------------------------------------------------------------------
-class RandGrayscaled(RandomizableTransform, MapTransform):
-    """With probability ``prob``, replace an RGB image by its luminance (ITU-R BT.601) in all three channels."""
-
-    def __init__(self, keys: KeysCollection, prob: float = 0.1, allow_missing_keys: bool = False):
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-
-    def __call__(self, data):
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        for key in self.key_iterator(d):
-            image = d[key]
-            if image.shape[0] != 3:
-                continue
-            gray = to_grayscale_torch(convert_to_tensor(image, track_meta=False).float()[None])[0]
-            d[key] = convert_to_dst_type(gray.repeat(3, 1, 1), image)[0]
-        return d
-
-
-class RandChannelShuffled(RandomizableTransform, MapTransform):
-    """With probability ``prob``, permute the channels of the image randomly."""
-
-    def __init__(self, keys: KeysCollection, prob: float = 0.1, allow_missing_keys: bool = False):
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-
-    def __call__(self, data):
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        for key in self.key_iterator(d):
-            image = d[key]
-            order = torch.as_tensor(self.R.permutation(image.shape[0]))
-            d[key] = convert_to_dst_type(convert_to_tensor(image, track_meta=False)[order], image)[0]
-        return d
-
-
-# -- builders ---------------------------------------------------------------------------------------------------------
-def paper_augmentation(
-    image_size: Sequence[int] = (256, 256),
-    image_key: str = "image",
-    mask_keys: Sequence[str] = ("label", "mask"),
-    prob: float | Mapping[str, float] | None = None,
-    include: Optional[Sequence[str]] = None,
-    allow_missing_keys: bool = True,
-    padding_mode: str = "reflection",
-) -> List[MapTransform]:
-    """The paper's augmentation list (see the module doc), in this order: crop, rotate, flip_h, flip_v, elastic,
-    grid, optical, grayscale, channel_shuffle, brightness, contrast, (clip to [0, 1]), dropout.
-
-    Args:
-        image_size: spatial size of the images it sees (only the coarse-dropout hole size, 1/8 of it, depends on it).
-        image_key: the image (bilinear; the only key intensity transforms touch).
-        mask_keys: keys moved with the image by nearest interpolation: the label and the feedback mask (and e.g. a
-            FOV mask). Missing keys are skipped (``allow_missing_keys``), so the same list serves offline expansion.
-        prob: one probability for all, a dict overriding :data:`PAPER_PROBS` by name, or ``None`` (the defaults).
-        include: names of :data:`PAPER_PROBS` to use (default all).
-        padding_mode: padding of the non-rigid warps (rotation pads with zeros, as the reference code).
-    """
-    probs = dict(PAPER_PROBS)
-    if isinstance(prob, Mapping):
-        unknown = set(prob) - set(probs)
-        if unknown:
-            raise ValueError(f"unknown augmentation names {sorted(unknown)}; known: {list(probs)}.")
-        probs.update({k: float(v) for k, v in prob.items()})
-    elif prob is not None:
-        probs = {k: float(prob) for k in probs}
-    names = list(probs) if include is None else list(include)
-    unknown = set(names) - set(probs)
-    if unknown:
-        raise ValueError(f"unknown augmentation names {sorted(unknown)}; known: {list(probs)}.")
-    keys = [image_key, *mask_keys]
-    modes = ["bilinear"] + ["nearest"] * len(mask_keys)
-    warp = {"mode": modes, "padding_mode": padding_mode, "allow_missing_keys": allow_missing_keys}
-    size = [int(s) for s in image_size]
-    image_only = {"allow_missing_keys": allow_missing_keys}
-    builders = {
-        "crop": lambda p: RandCropResized(keys, prob=p, **warp),
-        "rotate": lambda p: RandRotated(
-            keys, range_x=math.radians(35), prob=p, mode=modes, padding_mode="zeros",
-            allow_missing_keys=allow_missing_keys,
-        ),
-        "flip_h": lambda p: RandFlipd(keys, prob=p, spatial_axis=1, allow_missing_keys=allow_missing_keys),
-        "flip_v": lambda p: RandFlipd(keys, prob=p, spatial_axis=0, allow_missing_keys=allow_missing_keys),
-        "elastic": lambda p: RandElasticd(keys, prob=p, **warp),
-        "grid": lambda p: RandGridDistortd(keys, prob=p, **warp),
-        "optical": lambda p: RandOpticalDistortd(keys, prob=p, **warp),
-        "grayscale": lambda p: RandGrayscaled(image_key, prob=p, **image_only),
-        "channel_shuffle": lambda p: RandChannelShuffled(image_key, prob=p, **image_only),
-        "brightness": lambda p: RandShiftIntensityd(image_key, offsets=0.2, prob=p, **image_only),
-        "contrast": lambda p: RandScaleIntensityFixedMeand(image_key, factors=0.2, prob=p, **image_only),
-        "dropout": lambda p: RandCoarseDropoutd(
-            image_key, holes=10, spatial_size=[max(1, s // 8) for s in size], fill_value=0.0, prob=p,
-            **image_only,
-        ),
-    }
-    order = ["crop", "rotate", "flip_h", "flip_v", "elastic", "grid", "optical",
-             "grayscale", "channel_shuffle", "brightness", "contrast", "dropout"]
-    chosen = [name for name in order if name in names and probs[name] > 0]
-    transforms: List[MapTransform] = []
-    for name in chosen:
-        transforms.append(builders[name](probs[name]))
-        if name == "contrast" or (name == "brightness" and "contrast" not in chosen):
-            # brightness and contrast can leave [0, 1]: clip before the dropout holes are filled with 0
-            transforms.append(ScaleIntensityRanged(image_key, 0.0, 1.0, 0.0, 1.0, clip=True, **image_only))
-    return transforms
-
-
-def choose_augmentation(name: str, choices: Mapping[str, Sequence[Any]]) -> List[Any]:
-    """``choices[name]`` as a list (``train.json``: ``--augmentation light|paper|none``)."""
-    if name not in choices:
-        raise ValueError(f"augmentation must be one of {', '.join(choices)}, got {name!r}.")
-    return list(choices[name] or [])
-
-
-def _flatten(transforms: Any) -> List[Any]:
-    if isinstance(transforms, Compose):
-        return [t for inner in transforms.transforms for t in _flatten(inner)]
-    if isinstance(transforms, (list, tuple)):
-        return [t for inner in transforms for t in _flatten(inner)]
-    return [transforms]
-
-
-def _is_spatial(transform: Any) -> bool:
-    module = type(transform).__module__
-    return isinstance(transform, RandWarpd) or module.startswith(
-        ("monai.transforms.spatial", "monai.transforms.croppad")
-    )
-
-
-def check_feedback_augmentation(
-    transforms: Sequence[Any] | Compose, mask_key: str = "mask", image_key: str = "image"
-) -> List[Any]:
-    """Return ``transforms`` as a list after checking they keep the feedback masks aligned.
-
-    Raises ``ValueError`` naming the transform when one lists ``mask_key`` but is not an ``InvertibleTransform``
-    (``Compose.inverse`` would skip it silently: e.g. MONAI's ``Rand2DElasticd``, ``RandGridDistortiond`` — use
-    :class:`RandElasticd`, :class:`RandGridDistortd` instead), or when a spatial transform moves ``image_key`` but
-    not ``mask_key``.
-    """
-    for transform in _flatten(transforms):
-        keys = list(getattr(transform, "keys", ()) or ())
-        name = type(transform).__name__
-        if mask_key in keys and not isinstance(transform, InvertibleTransform):
-            raise ValueError(
-                f"{name} moves the feedback mask {mask_key!r} but is not invertible: the feedback handler could not "
-                f"map predictions back through it (MONAI's Compose.inverse skips it silently). Use an invertible "
-                f"equivalent from fanet_monai.augmentation (RandElasticd, RandGridDistortd, RandOpticalDistortd) "
-                f"or drop it."
-            )
-        if image_key in keys and mask_key not in keys and _is_spatial(transform):
-            raise ValueError(
-                f"{name} moves the image {image_key!r} but not the feedback mask {mask_key!r}: list {mask_key!r} in its "
-                f"keys (nearest interpolation) so the mask stays aligned with the image."
-            )
-    return list(_flatten(transforms)) if isinstance(transforms, Compose) else list(transforms)
-
-
-# -- offline expansion ------------------------------------------------------------------------------------------------
-def _to_hwc(array: torch.Tensor) -> np.ndarray:
-    """``(C, X, Y)`` as MONAI loads bitmaps (reverse indexing) → ``(Y, X, C)`` rows × columns for PIL."""
-    return np.transpose(convert_to_tensor(array, track_meta=False).cpu().numpy(), (2, 1, 0))
-
-
-def expand_offline(
-    items: Sequence[Mapping[str, str]],
-    out_dir: str | os.PathLike,
-    copies: int,
-    seed: int = 0,
-    prob: float | Mapping[str, float] | None = None,
-    image_key: str = "image",
-    label_key: str = "label",
-    extra_keys: Sequence[str] = ("fov",),
-) -> List[Dict[str, str]]:
-    """Write ``copies`` fixed augmented copies of every item (:func:`paper_augmentation` at the item's own size,
-    seeded) as ``out_dir/{images,masks,<extra>}/<stem>_augNN.png`` (image uint8 RGB, masks 0/255) and return their
-    datalist entries (absolute paths), in item order. 16-bit images are written as 8-bit copies."""
-    from monai.transforms import LoadImaged
-    from PIL import Image
-
-    from fanet_monai.data.checks import _stem
-    from fanet_monai.data.readers import BitmapReader
-    from fanet_monai.transforms import AsRGBd, BinarizeLabeld, ScaleToUnitd
-
-    if copies < 0:
-        raise ValueError(f"copies must be >= 0, got {copies}.")
-    root = Path(out_dir)
-    mask_keys = [label_key, *extra_keys]
-    load = Compose([
-        LoadImaged([image_key, *mask_keys], reader=BitmapReader, dtype=None, image_only=True,
-                   ensure_channel_first=True, allow_missing_keys=True),
-        ScaleToUnitd(image_key),
-        AsRGBd(image_key),
-        BinarizeLabeld(mask_keys, allow_missing_keys=True),
-    ])
-    rng = np.random.RandomState(seed)
-    expanded: List[Dict[str, str]] = []
-    for item in items:
-        present = [k for k in mask_keys if k in item]
-        sample = load({k: item[k] for k in [image_key, *present]})
-        size = tuple(sample[image_key].shape[1:])
-        augment = Compose(paper_augmentation(size, image_key, present, prob=prob))
-        stem = _stem(str(item[image_key]))
-        for copy in range(copies):
-            augment.set_random_state(seed=int(rng.randint(0, 2**31 - 1)))
-            out = augment({k: v.clone() for k, v in sample.items()})
-            entry: Dict[str, str] = {}
-            for key in [image_key, *present]:
-                folder = {image_key: "images", label_key: "masks"}.get(key, key)
-                path = root / folder / f"{stem}_aug{copy:02d}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                pixels = _to_hwc(out[key])
-                if key == image_key:
-                    array = (np.clip(pixels, 0, 1) * 255).round().astype(np.uint8)
-                else:
-                    array = ((pixels[..., 0] > 0.5) * 255).astype(np.uint8)
-                Image.fromarray(array).save(path)
-                entry[key] = str(path.absolute())
-            expanded.append(entry)
-    return expanded

@@ -1,0 +1,70 @@
+"""Image files: the accepted suffixes, a file's stem and suffix, and the images of a folder by stem.
+
+One list of suffixes for the whole project: datalists, readers, data checks and dataset layouts all use these.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Dict, Tuple
+
+__all__ = [
+    "BITMAP_SUFFIXES",
+    "DataCheckError",
+    "IMAGE_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "file_stem",
+    "file_suffix",
+    "image_files",
+    "natural_key",
+]
+
+#: 2-D bitmaps, read with :class:`~fanet_monai.data.readers.BitmapReader` (PIL, ITK for TIFFs PIL cannot read)
+BITMAP_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+#: NIfTI volumes and slices
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+#: every accepted image or mask file
+IMAGE_SUFFIXES: tuple[str, ...] = BITMAP_SUFFIXES + NIFTI_SUFFIXES
+
+
+class DataCheckError(ValueError):
+    """A dataset problem; the message starts with the file (or files) concerned."""
+
+
+def file_suffix(path: str | os.PathLike) -> str:
+    """Lower-case suffix of ``path``, ``".nii.gz"`` for gzipped NIfTI (``""`` if there is none)."""
+    name = os.path.basename(os.fspath(path)).lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """File name without its image suffix (``a.nii.gz`` → ``a``; any other suffix is dropped too), case kept."""
+    name = os.path.basename(os.fspath(path))
+    suffix = file_suffix(name)
+    return name[: -len(suffix)] if suffix else name
+
+
+def natural_key(text: str) -> Tuple:
+    """Sort key that orders numbers by value (``img2`` before ``img10``), case-insensitive."""
+    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text))
+
+
+def image_files(folder: str | os.PathLike, natural: bool = False) -> Dict[str, Path]:
+    """``{stem: path}`` of the image files (:data:`IMAGE_SUFFIXES`) of ``folder``, hidden files skipped, sorted by
+    name (``natural``: by :func:`natural_key`).
+
+    Raises:
+        DataCheckError: two files with the same stem (e.g. ``a.png`` and ``a.jpg``), naming both.
+    """
+    files: Dict[str, Path] = {}
+    paths = sorted(Path(folder).iterdir(), key=(lambda p: natural_key(p.name)) if natural else None)
+    for path in paths:
+        if not path.is_file() or path.name.startswith(".") or file_suffix(path) not in IMAGE_SUFFIXES:
+            continue
+        stem = file_stem(path)
+        if stem in files:
+            raise DataCheckError(f"{path}: duplicate stem {stem!r} (also {files[stem].name}); file names must be unique.")
+        files[stem] = path
+    return files

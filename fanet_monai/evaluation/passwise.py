@@ -1,0 +1,274 @@
+"""Pass-wise evaluation of FANet's test-time refinement (paper Table IX, Figs. 1, 3 and 5).
+
+One code path: a MONAI :class:`~monai.engines.SupervisedEvaluator` runs a :class:`PassWiseInferer`, which returns
+the logits of every pass stacked along the channel dimension ``(B, num_passes, *spatial)`` (the evaluator's
+post-processing keeps the last pass as ``pred`` for MONAI's key metric), and a :class:`PassWiseEvaluationHandler`
+attached to the evaluator scores every pass with the paper's per-image metrics, derives the early-stop result from
+the same passes with the inferer's own rule (:func:`~fanet_monai.inferers.early_stop_passes`), and writes
+``metrics_per_pass.csv``, ``metrics_per_pass.png`` and ``qualitative.png``. ``bundle/configs/evaluate.json``
+wires these objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from monai.engines import IterationEvents
+from monai.inferers import Inferer
+from monai.metrics import Cumulative
+from monai.utils import CommonKeys, convert_to_tensor, min_version, optional_import
+
+from fanet_monai.distributed import get_rank
+from fanet_monai.evaluation.plots import has_matplotlib, plot_metrics_per_pass, plot_qualitative
+from fanet_monai.evaluation.reports import markdown_metrics, rate, write_metrics_csv
+from fanet_monai.inferers import IterativeRefinementInferer, early_stop_passes
+from fanet_monai.metrics import PAPER_METRICS, PassWiseMetrics
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = ["PassWiseEvaluationHandler", "PassWiseInferer"]
+
+
+class PassWiseInferer(IterativeRefinementInferer):
+    """Iterative refinement for evaluation: returns every pass, so that each pass can be scored.
+
+    Always runs all ``num_passes`` passes on every image (no early stop); the early-stop result is derived from the
+    same passes by :func:`~fanet_monai.inferers.early_stop_passes` with :attr:`tolerance`. Keeps no per-call state.
+
+    Args:
+        num_passes: number of network evaluations (``>= 1``).
+        start_mask: first-pass mask, see :class:`~fanet_monai.inferers.IterativeRefinementInferer`.
+        feedback: ``"binary"`` or ``"probability"``.
+        threshold: probability threshold of the binarized predictions (feedback, early stop and metrics).
+        tolerance: early-stop tolerance used to derive the early-stop result.
+        inner: optional inner MONAI inferer run at every pass.
+        amp: run each pass under ``torch.autocast``.
+    """
+
+    def __init__(
+        self,
+        num_passes: int = 10,
+        start_mask: str | Callable[[torch.Tensor], torch.Tensor] = "otsu",
+        feedback: str = "binary",
+        threshold: float = 0.5,
+        tolerance: float = 0.0,
+        inner: Inferer | None = None,
+        amp: bool = False,
+    ) -> None:
+        super().__init__(
+            num_passes=num_passes,
+            start_mask=start_mask,
+            feedback=feedback,
+            threshold=threshold,
+            early_stop=False,
+            tolerance=tolerance,
+            inner=inner,
+            return_all_passes=True,
+            amp=amp,
+        )
+
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: Callable[..., Any],
+        *args: Any,
+        mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Refine ``inputs`` for ``num_passes`` passes.
+
+        Args:
+            inputs: ``(B, C, *spatial)`` images.
+            network: callable ``(b, C + 1, *spatial) -> (b, 1, *spatial)`` logits.
+            args: extra positional arguments for ``network`` (or ``inner``).
+            mask: ``(B, 1, *spatial)`` mask of the first pass; ``None`` for the configured start mask.
+            kwargs: extra keyword arguments for ``network`` (or ``inner``).
+
+        Returns:
+            float32 logits ``(B, num_passes, *spatial)``, pass ``k`` in channel ``k - 1``.
+        """
+        passes = super().__call__(inputs, network, *args, mask=mask, **kwargs)  # (P, B, 1, *spatial)
+        return passes[:, :, 0].movedim(0, 1)
+
+
+class PassWiseEvaluationHandler:
+    """Ignite handler scoring every refinement pass of a :class:`PassWiseInferer` with the paper's metrics.
+
+    Attach it to a :class:`~monai.engines.SupervisedEvaluator` whose ``inferer`` is a :class:`PassWiseInferer`
+    (the evaluator's post-processing keeps the last pass as ``pred`` for MONAI's key metric). After every forward
+    pass (``IterationEvents.FORWARD_COMPLETED``, before decollation and post-processing) it reads the logits of all
+    passes ``(B, num_passes, *spatial)`` from the engine's ``pred`` and the batch's labels ``(B, 1, *spatial)``, and
+    accumulates, per image:
+
+    - the metrics of each pass ``1 .. num_passes`` (:class:`~fanet_monai.metrics.PassWiseMetrics`);
+    - the early-stop result: the prediction of the pass given by :func:`~fanet_monai.inferers.early_stop_passes`
+      (what the inferer with ``early_stop=True`` and the same tolerance returns) and the number of passes it used;
+    - the inference time (from the start of the iteration to the end of the forward pass, CUDA synchronised);
+    - for the first ``num_qualitative`` images: image, ground truth, start mask and some passes.
+
+    At the end of the epoch the means are in :attr:`rows` (one dict per pass, then one with ``pass="early_stop"``),
+    ``engine.state.metrics`` gets ``early_stop_<metric>`` and ``early_stop_mean_passes``, and, if ``output_dir``
+    is set, ``metrics_per_pass.csv``, ``metrics_per_pass.png`` and ``qualitative.png`` are written there (rank 0).
+
+    CSV columns: ``pass`` (1-based, or ``early_stop``), the 7 metrics of :data:`~fanet_monai.metrics.PAPER_METRICS`,
+    ``n_images``, ``mean_passes``, ``seconds`` (inference time summed over batches; pass ``k`` of ``P`` is given
+    ``k / P`` of it, every pass running the same network on the whole batch; empty for the early-stop row, which is
+    not timed) and ``images_per_s`` (``n_images / seconds``).
+
+    Args:
+        output_dir: folder of the CSV and figures; ``None`` writes nothing.
+        num_qualitative: number of images in ``qualitative.png`` (0 = no figure).
+        qualitative_passes: passes shown in ``qualitative.png`` (those ``<= num_passes``; the last pass is added).
+        metrics: names from :data:`~fanet_monai.metrics.PAPER_METRICS`.
+        plots: write the PNG figures (needs matplotlib; skipped with a warning if it is missing).
+        name: logger name.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike | None = None,
+        num_qualitative: int = 4,
+        qualitative_passes: Sequence[int] = (1, 2, 3, 5, 10),
+        metrics: Sequence[str] = PAPER_METRICS,
+        plots: bool = True,
+        name: str = "PassWiseEvaluationHandler",
+    ) -> None:
+        if num_qualitative < 0:
+            raise ValueError(f"num_qualitative must be >= 0, got {num_qualitative}.")
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.num_qualitative = int(num_qualitative)
+        self.qualitative_passes = tuple(int(k) for k in qualitative_passes)
+        self.metrics = tuple(metrics)
+        self.plots = plots
+        self.logger = logging.getLogger(name)
+        #: result of the last epoch: one dict per pass, then the early-stop row (see the class docstring).
+        self.rows: list[dict[str, Any]] = []
+        #: total wall time (s) of the last epoch, data loading included.
+        self.wall_seconds: float = float("nan")
+        self.reset()
+
+    def attach(self, engine: Engine) -> None:
+        """Register the handler's callbacks on ``engine`` (a :class:`~monai.engines.SupervisedEvaluator`)."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_STARTED, self.iteration_started)
+        engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        """Clear the accumulated values (at the start of every evaluation epoch)."""
+        self._passes = PassWiseMetrics(self.metrics)
+        self._early = PassWiseMetrics(self.metrics)
+        self._used = Cumulative()
+        self._seconds = 0.0  # inference time of all passes, summed over the batches
+        self._num_passes = 0
+        self._iteration_start = time.perf_counter()
+        self._examples: list[dict[str, Any]] = []
+        self._start = time.perf_counter()
+
+    def iteration_started(self, engine: Engine | None = None) -> None:
+        """Start the clock of the batch's inference (called at ``Events.ITERATION_STARTED``)."""
+        self._iteration_start = time.perf_counter()
+
+    def iteration_completed(self, engine: Engine) -> None:
+        """Score the passes of the current batch (called at ``IterationEvents.FORWARD_COMPLETED``)."""
+        inferer = engine.inferer
+        if not isinstance(inferer, PassWiseInferer):
+            raise TypeError(
+                f"{type(self).__name__} needs the evaluator's inferer to be a PassWiseInferer, got "
+                f"{type(inferer).__name__}."
+            )
+        output = engine.state.output
+        label = output.get(CommonKeys.LABEL) if isinstance(output, Mapping) else None
+        if not isinstance(label, torch.Tensor):
+            raise ValueError(f"{type(self).__name__} needs labels: the batch has no '{CommonKeys.LABEL}' tensor.")
+        passes = convert_to_tensor(output[CommonKeys.PRED], track_meta=False)  # (B, P, *spatial) logits
+        if passes.device.type == "cuda":
+            torch.cuda.synchronize(passes.device)
+        self._seconds += time.perf_counter() - self._iteration_start
+        binary = (torch.sigmoid(passes) > inferer.threshold).movedim(1, 0)[:, :, None]  # (P, B, 1, *spatial)
+        label = convert_to_tensor(label, track_meta=False)
+        self._num_passes = binary.shape[0]
+        for k in range(binary.shape[0]):
+            self._passes.update(k, binary[k], label)
+        used = early_stop_passes(binary, inferer.tolerance)  # (B,)
+        final = binary[used - 1, torch.arange(binary.shape[1], device=binary.device)]  # (B, 1, *spatial)
+        self._early.update(0, final, label)
+        self._used.extend(used.cpu())
+        if len(self._examples) < self.num_qualitative:
+            self._collect_examples(inferer, output[CommonKeys.IMAGE], label, binary)
+
+    def _collect_examples(
+        self, inferer: PassWiseInferer, image: torch.Tensor, label: torch.Tensor, binary: torch.Tensor
+    ) -> None:
+        """Keep image ``(C, *spatial)``, label, start mask and all pass masks of the batch's first images (CPU)."""
+        image = convert_to_tensor(image, track_meta=False)
+        start = inferer.make_start_mask(image.float())
+        for b in range(min(image.shape[0], self.num_qualitative - len(self._examples))):
+            self._examples.append(
+                {
+                    "image": image[b].detach().float().cpu(),
+                    "label": label[b, 0].detach().cpu() > 0.5,
+                    "start": start[b, 0].detach().cpu() > 0.5,
+                    "passes": binary[:, b, 0].detach().cpu(),  # (P, *spatial)
+                }
+            )
+
+    def epoch_completed(self, engine: Engine) -> None:
+        """Average per pass, add the early-stop row, publish the results and write the files."""
+        self.wall_seconds = time.perf_counter() - self._start
+        table = self._passes.aggregate()
+        if not table:
+            self.logger.warning("no image was evaluated; nothing to report.")
+            self.rows = []
+            return
+        used = self._used.get_buffer()
+        mean_used = float(used.float().mean()) if isinstance(used, torch.Tensor) and used.numel() else float("nan")
+        rows: list[dict[str, Any]] = []
+        for k, entry in enumerate(table):
+            seconds = self._seconds * (k + 1) / self._num_passes
+            row = {"pass": k + 1, **{m: entry[m] for m in self.metrics}, "n_images": entry["n_images"]}
+            row.update(mean_passes=float(k + 1), seconds=seconds, images_per_s=rate(entry["n_images"], seconds))
+            rows.append(row)
+        early = self._early.aggregate()[0]
+        rows.append(
+            {
+                "pass": "early_stop",
+                **{m: early[m] for m in self.metrics},
+                "n_images": early["n_images"],
+                "mean_passes": mean_used,
+                "seconds": float("nan"),
+                "images_per_s": float("nan"),
+            }
+        )
+        self.rows = rows
+        engine.state.metrics.update({f"early_stop_{m}": early[m] for m in self.metrics})
+        engine.state.metrics["early_stop_mean_passes"] = mean_used
+        last = rows[-2]
+        self.logger.info(
+            f"{last['n_images']} images, {len(table)} passes: {last['seconds']:.2f} s inference time "
+            f"({last['images_per_s']:.2f} images/s), {self.wall_seconds:.2f} s in all.\n{markdown_metrics(rows)}"
+        )
+        if self.output_dir is None or get_rank() != 0:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_metrics_csv(rows, self.output_dir / "metrics_per_pass.csv", self.metrics)
+        if not self.plots:
+            return
+        if not has_matplotlib:
+            self.logger.warning("matplotlib is not installed: metrics_per_pass.png and qualitative.png are skipped.")
+            return
+        plot_metrics_per_pass(rows, self.output_dir / "metrics_per_pass.png", self.metrics)
+        if self._examples:
+            num_passes = len(table)
+            shown = sorted({k for k in self.qualitative_passes if 1 <= k <= num_passes} | {num_passes})
+            plot_qualitative(self._examples, shown, self.output_dir / "qualitative.png")

@@ -1,0 +1,118 @@
+"""The feedback-mask transform: puts each training sample's feedback mask into its data dictionary.
+
+:class:`FeedbackMaskd` runs *after* the deterministic preprocessing and *before* the random augmentation, so every
+random spatial transform that lists the mask key moves the mask together with the image and the label: the mask
+the network sees is aligned with the image it sees.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Randomizable
+from monai.utils import convert_to_tensor
+
+from fanet_monai.feedback.cache import FeedbackMaskCache, sample_key
+from fanet_monai.feedback.masks import check_start_mask, start_mask
+from fanet_monai.feedback.sources import MASK_SOURCES, normalize_mix, perturb_mask
+
+__all__ = ["FeedbackMaskd"]
+
+
+class FeedbackMaskd(MapTransform, Randomizable):
+    """Put each sample's feedback mask from a :class:`~fanet_monai.feedback.FeedbackMaskCache` under ``mask_key``.
+
+    The sample is identified by the file name of ``keys[0]`` (its ``filename_or_obj`` meta data), the key MONAI
+    Label's ``{"image", "label"}`` dictionaries provide. Which mask a sample gets depends on ``source``
+    (:mod:`fanet_monai.feedback.sources`): ``"previous"`` (paper: the cached previous-epoch prediction, the start
+    mask before there is one), ``"initial"`` (always the start mask) or ``"mixed"`` (drawn per sample from
+    ``mix``). The start mask is :func:`fanet_monai.feedback.masks.start_mask` of the preprocessed image: ``"otsu"``
+    (paper), ``"otsu_inverted"``, ``"empty"`` or ``"full"`` — the same function the test-time inferer uses.
+
+    Place it after the deterministic preprocessing (the cache holds masks in that frame) and before the random
+    augmentation, and list ``mask_key`` in every random spatial transform (nearest interpolation), so the mask stays
+    aligned with the image. Its output changes from epoch to epoch, so it is ``Randomizable``: caching datasets
+    (``CacheDataset``, ``PersistentDataset``) stop caching before it.
+
+    Data-loader workers read the cache they were given when they started: with MONAI's default (non-persistent)
+    workers these are created at the start of each epoch, so they see every mask written during the previous
+    epoch. Persistent workers would keep a stale copy, and are rejected by ``FeedbackMaskHandler``.
+
+    Args:
+        keys: the image key (one key).
+        cache: the feedback mask cache shared with ``FeedbackMaskHandler``.
+        mask_key: where to put the mask, float32 ``(1, *spatial)`` MetaTensor with the image's meta data.
+        initial: the start mask, one of :data:`fanet_monai.feedback.masks.START_MASKS`.
+        source: ``"previous"``, ``"initial"`` or ``"mixed"``.
+        mix: probabilities of ``"previous"``, ``"initial"``, ``"empty"``, ``"full"``, ``"perturbed"`` for the
+            ``"mixed"`` source (default :data:`~fanet_monai.feedback.sources.DEFAULT_MIX`).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        cache: FeedbackMaskCache,
+        mask_key: str = "mask",
+        initial: str = "otsu",
+        source: str = "previous",
+        mix: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__(keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"FeedbackMaskd takes one image key, got {self.keys}.")
+        check_start_mask(initial, name="initial")
+        if source not in MASK_SOURCES:
+            raise ValueError(f"source must be one of {list(MASK_SOURCES)}, got {source!r}.")
+        self.cache = cache
+        self.mask_key = mask_key
+        self.initial = initial
+        self.source = source
+        self.mix = normalize_mix(mix)
+        self._choice = "previous"
+
+    def initial_mask(self, image: torch.Tensor) -> torch.Tensor:
+        """Start mask for a channel-first image ``(C, *spatial)``: float ``(1, *spatial)``."""
+        image = convert_to_tensor(image, track_meta=False, dtype=torch.float32)
+        return start_mask(image[None], self.initial)[0]
+
+    def randomize(self, data: Any = None) -> None:
+        names = list(self.mix)
+        self._choice = names[int(self.R.choice(len(names), p=[self.mix[n] for n in names]))]
+
+    def _cached(self, key: str, image: torch.Tensor) -> np.ndarray | None:
+        cached = self.cache.get(key)
+        if cached is not None and tuple(cached.shape) != (1, *image.shape[1:]):
+            raise ValueError(
+                f"{key}: cached feedback mask has shape {tuple(cached.shape)} but the preprocessed image has "
+                f"spatial shape {tuple(image.shape[1:])}; was the cache made with other preprocessing?"
+            )
+        return cached
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        image = d[self.keys[0]]
+        key = sample_key(image.meta if isinstance(image, MetaTensor) else d.get(f"{self.keys[0]}_meta_dict"))
+        choice = self.source
+        if self.source == "mixed":
+            self.randomize()
+            choice = self._choice
+        shape = (1, *image.shape[1:])
+        if choice == "empty":
+            mask = torch.zeros(shape)
+        elif choice == "full":
+            mask = torch.ones(shape)
+        else:
+            cached = None if choice == "initial" else self._cached(key, image)
+            if cached is None:
+                mask = self.initial_mask(image)
+            elif choice == "perturbed":
+                mask = torch.as_tensor(perturb_mask(cached, self.R), dtype=torch.float32)
+            else:
+                mask = torch.as_tensor(cached, dtype=torch.float32)
+        meta = dict(image.meta) if isinstance(image, MetaTensor) else {"filename_or_obj": key}
+        d[self.mask_key] = MetaTensor(mask, meta=meta)
+        return d
