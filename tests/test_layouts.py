@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from fanet_monai.data import load_datalist
-from fanet_monai.data.layouts import LAYOUTS, PAPER_SPLITS, prepare, split_counts
+from fanet_monai.data.layouts import LAYOUTS, prepare
+from fanet_monai.data.splits import PAPER_SPLITS, split_counts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 EM_SLICES = SHARED / "data" / "isbi2012_em"

@@ -37,7 +37,14 @@ import itk
 import nibabel as nib
 import numpy as np
 
-from fanet_monai.data.files import BITMAP_SUFFIXES, NIFTI_SUFFIXES, DataCheckError, file_stem, file_suffix
+from fanet_monai.data.files import (
+    BITMAP_SUFFIXES,
+    NIFTI_SUFFIXES,
+    DataCheckError,
+    file_stem,
+    file_suffix,
+    raise_problems,
+)
 from fanet_monai.data.datalist import load_datalist
 from fanet_monai.data.readers import read_bitmap
 
@@ -60,7 +67,6 @@ logger = logging.getLogger(__name__)
 #: fraction of pixels far from both mask levels (between 25 % and 75 % of the range) above which a multi-level mask
 #: is not accepted as a noisy binary mask
 MAX_AMBIGUOUS_FRACTION = 0.1
-MAX_LISTED_PROBLEMS = 20
 
 
 # -- reading ----------------------------------------------------------------------------------------------------------
@@ -233,16 +239,6 @@ class DataReport:
         return self.text()
 
 
-def _raise_all(errors: List[str]) -> None:
-    if not errors:
-        return
-    if len(errors) == 1:
-        raise DataCheckError(errors[0])
-    listed = errors[:MAX_LISTED_PROBLEMS]
-    more = f"\n  ... and {len(errors) - len(listed)} more" if len(errors) > len(listed) else ""
-    raise DataCheckError(f"{len(errors)} problems in the dataset:\n  " + "\n  ".join(listed) + more)
-
-
 def check_unique_names(splits: Mapping[str, Sequence[Mapping[str, str]]], key: str = "image") -> None:
     """Raise :class:`DataCheckError` naming the files for duplicate stems or base names among the distinct image
     files of all splits, and for an image that is in ``training`` and also in another split. (The same entries in
@@ -266,7 +262,7 @@ def check_unique_names(splits: Mapping[str, Sequence[Mapping[str, str]]], key: s
                 f"{paths[1]}: duplicate stem {file_stem(paths[1])!r} (also {paths[0]}); the feedback cache and the "
                 "mask pairing key samples by file name, so names must be unique."
             )
-    _raise_all(errors)
+    raise_problems(errors)
 
 
 def _check_item(item: Mapping[str, str], image_key: str, label_key: str, extra_keys: Sequence[str]):
@@ -320,7 +316,7 @@ def check_items(
     for name in required:
         if not splits.get(name):
             errors.append(f"{title}: the {name!r} list is empty (no images found).")
-    _raise_all(errors)
+    raise_problems(errors)
     check_unique_names(splits, image_key)
     seen: Dict[Tuple[str, str], ItemInfo] = {}
     report = DataReport(title=title)
@@ -339,7 +335,7 @@ def check_items(
                     continue
             infos.append(seen[signature])
         report.splits[split] = infos
-    _raise_all(errors)
+    raise_problems(errors)
     noisy = [info for info in seen.values() if info.changed_pixels]
     if noisy:
         pixels = sum(info.changed_pixels for info in noisy)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 __all__ = [
     "BITMAP_SUFFIXES",
@@ -19,7 +19,11 @@ __all__ = [
     "file_suffix",
     "image_files",
     "natural_key",
+    "raise_problems",
 ]
+
+#: problems listed in one error message; the rest are counted
+MAX_LISTED_PROBLEMS = 20
 
 #: 2-D bitmaps, read with :class:`~fanet_monai.data.readers.BitmapReader` (PIL, ITK for TIFFs PIL cannot read)
 BITMAP_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
@@ -31,6 +35,17 @@ IMAGE_SUFFIXES: tuple[str, ...] = BITMAP_SUFFIXES + NIFTI_SUFFIXES
 
 class DataCheckError(ValueError):
     """A dataset problem; the message starts with the file (or files) concerned."""
+
+
+def raise_problems(errors: List[str]) -> None:
+    """Raise one :class:`DataCheckError` for all ``errors`` (messages naming their files), if there are any."""
+    if not errors:
+        return
+    if len(errors) == 1:
+        raise DataCheckError(errors[0])
+    listed = errors[:MAX_LISTED_PROBLEMS]
+    more = f"\n  ... and {len(errors) - len(listed)} more" if len(errors) > len(listed) else ""
+    raise DataCheckError(f"{len(errors)} problems in the dataset:\n  " + "\n  ".join(listed) + more)
 
 
 def file_suffix(path: str | os.PathLike) -> str:
