@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Sequence
 
 from monai.bundle import ConfigWorkflow
 
@@ -14,7 +14,7 @@ __all__ = ["BUNDLE_DIR", "bundle_configs", "load_workflow", "run_workflow"]
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
 
 
-def bundle_configs(*names: str, bundle_dir: Optional[str | os.PathLike] = None) -> List[str]:
+def bundle_configs(*names: str, bundle_dir: str | os.PathLike | None = None) -> List[str]:
     """Paths of ``bundle_dir/configs/{name}.json``; raises ``FileNotFoundError`` naming the missing file."""
     root = Path(bundle_dir) if bundle_dir else BUNDLE_DIR
     paths = [root / "configs" / f"{name}.json" for name in names]

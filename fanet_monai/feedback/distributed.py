@@ -32,7 +32,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch.distributed as dist
 from monai.data import MetaTensor
@@ -112,7 +112,7 @@ class FeedbackCacheSyncHandler:
         cache: FeedbackMaskCache,
         mask_key: str = "mask",
         check_consistency: bool = True,
-        group: Optional[Any] = None,
+        group: Any | None = None,
     ) -> None:
         self.cache = cache
         self.mask_key = mask_key
@@ -146,7 +146,7 @@ class FeedbackCacheSyncHandler:
         for key in self._batch_keys(engine.state.batch):
             self._stamps[key] = engine.state.epoch
 
-    def synchronize(self, engine: Optional[Engine] = None) -> Dict[str, Any]:
+    def synchronize(self, engine: Engine | None = None) -> Dict[str, Any]:
         """Exchange the masks committed since the last call with all ranks; returns this exchange's statistics."""
         rank, world = get_rank(self.group), get_world_size(self.group)
         epoch = engine.state.epoch if engine is not None else None
@@ -158,7 +158,7 @@ class FeedbackCacheSyncHandler:
             self.history.append(record)
             return record
         payload: Payload = {key: (self._stamps.get(key, 0), rle) for key, rle in updates.items()}
-        gathered: List[Optional[Payload]] = [None] * world
+        gathered: List[Payload | None] = [None] * world
         dist.all_gather_object(gathered, payload, group=self.group)
         resolved = resolve_updates([p or {} for p in gathered])
         received = {key: rle for key, (owner, rle) in resolved.items() if owner != rank}
@@ -182,7 +182,7 @@ class FeedbackCacheSyncHandler:
 
     def _check(self) -> bool:
         """All-gather the caches' digests; if they differ, give every rank rank 0's masks. True if they agreed."""
-        digests: List[Optional[bytes]] = [None] * get_world_size(self.group)
+        digests: List[bytes | None] = [None] * get_world_size(self.group)
         dist.all_gather_object(digests, cache_digest(self.cache), group=self.group)
         if all(d == digests[0] for d in digests):
             return True

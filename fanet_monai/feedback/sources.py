@@ -12,7 +12,7 @@ mask it never saw in training. The sources here let training see what test time 
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping
 
 import numpy as np
 from scipy import ndimage
@@ -24,7 +24,7 @@ MIX_CHOICES = ("previous", "initial", "empty", "full", "perturbed")
 DEFAULT_MIX: Dict[str, float] = {"previous": 0.25, "perturbed": 0.25, "initial": 0.25, "empty": 0.25}
 
 
-def normalize_mix(mix: Optional[Mapping[str, float]]) -> Dict[str, float]:
+def normalize_mix(mix: Mapping[str, float] | None) -> Dict[str, float]:
     """Validated probabilities of the ``mixed`` source, scaled to sum to 1."""
     mix = dict(DEFAULT_MIX if mix is None else mix)
     unknown = sorted(set(mix) - set(MIX_CHOICES))

@@ -6,7 +6,7 @@ Both are composed from MONAI's :class:`~monai.networks.blocks.Convolution` and l
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 import torch
 import torch.nn as nn
@@ -75,7 +75,7 @@ class SEResidualBlock(nn.Module):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        se_hidden_channels: Optional[int] = None,
+        se_hidden_channels: int | None = None,
         act: tuple | str = ("relu", {"inplace": True}),
         norm: tuple | str = "batch",
     ) -> None:
@@ -142,7 +142,7 @@ class MixPool(nn.Module):
         )
         branch_channels = channels // 2 if feature_branch else channels
         self.masked_branch = Convolution(spatial_dims, channels, branch_channels, kernel_size=3, act=act, norm=norm)
-        self.feature_branch: Optional[nn.Module] = (
+        self.feature_branch: nn.Module | None = (
             Convolution(spatial_dims, channels, branch_channels, kernel_size=3, act=act, norm=norm)
             if feature_branch
             else None

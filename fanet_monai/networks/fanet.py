@@ -6,7 +6,7 @@ the model-zoo checks and MONAI Label can call ``network(x)`` like any other netw
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -38,7 +38,7 @@ class _EncoderStage(nn.Module):
     """SE-residual blocks, optional MixPool, 2x max-pool. Returns ``(down, skip)``; the skip is taken *before*
     MixPool (reference design), the pooled MixPool output goes down."""
 
-    def __init__(self, blocks: nn.Sequential, mixpool: Optional[MixPool], pool: nn.Module) -> None:
+    def __init__(self, blocks: nn.Sequential, mixpool: MixPool | None, pool: nn.Module) -> None:
         super().__init__()
         self.blocks = blocks
         self.mixpool = mixpool
@@ -55,7 +55,7 @@ class _EncoderStage(nn.Module):
 class _DecoderStage(nn.Module):
     """4x4 stride-2 transposed conv, concat with the skip, SE-residual blocks, optional MixPool."""
 
-    def __init__(self, upsample: nn.Module, blocks: nn.Sequential, mixpool: Optional[MixPool]) -> None:
+    def __init__(self, upsample: nn.Module, blocks: nn.Sequential, mixpool: MixPool | None) -> None:
         super().__init__()
         self.upsample = upsample
         self.blocks = blocks
@@ -107,10 +107,10 @@ class FANet(nn.Module):
         variant: str = "B4",
         channels: Sequence[int] = (32, 64, 128, 256),
         blocks_per_stage: int = 2,
-        mixpool_stages: Optional[Sequence[str]] = None,
+        mixpool_stages: Sequence[str] | None = None,
         mixpool_feature_branch: bool = True,
         straight_through: bool = False,
-        se_hidden_channels: Optional[int] = None,
+        se_hidden_channels: int | None = None,
         act: tuple | str = ("relu", {"inplace": True}),
         norm: tuple | str = "batch",
     ) -> None:
@@ -148,7 +148,7 @@ class FANet(nn.Module):
                 ]
             )
 
-        def mixpool(name: str, width: int) -> Optional[MixPool]:
+        def mixpool(name: str, width: int) -> MixPool | None:
             if name not in self.mixpool_stages:
                 return None
             return MixPool(spatial_dims, width, mixpool_feature_branch, straight_through, act, norm)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -39,7 +38,7 @@ def fuse_conv_bn(network: nn.Module, inplace: bool = False) -> nn.Module:
 
 def load_for_inference(
     network: nn.Module,
-    checkpoint: Optional[str | os.PathLike] = None,
+    checkpoint: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     fuse: bool = True,
     channels_last: bool = True,

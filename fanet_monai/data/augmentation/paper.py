@@ -9,7 +9,7 @@ feedback mask (nearest) together, intensity ones touch the image only.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 from monai.transforms import (
     MapTransform,
@@ -49,7 +49,7 @@ def paper_augmentation(
     image_key: str = "image",
     mask_keys: Sequence[str] = ("label", "mask"),
     prob: float | Mapping[str, float] | None = None,
-    include: Optional[Sequence[str]] = None,
+    include: Sequence[str] | None = None,
     allow_missing_keys: bool = True,
     padding_mode: str = "reflection",
 ) -> List[MapTransform]:

@@ -18,7 +18,7 @@ non-rigid warps here are invertible (:class:`RandWarpd` subclasses; MONAI has no
 
 from __future__ import annotations
 
-from typing import Any, Dict, Hashable, Mapping, Optional, Sequence
+from typing import Any, Dict, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ class RandWarpd(RandomizableTransform, MapTransform, InvertibleTransform):
 
     #: compute the (smooth) inverse on a grid of at most this many points per side and interpolate it bilinearly
     #: (``None``: at every pixel)
-    inverse_resolution: Optional[int] = None
+    inverse_resolution: int | None = None
 
     def inverse_map(self, coords: torch.Tensor, params: Mapping[str, Any]) -> torch.Tensor:
         """Where each input point lands in the output: solves ``forward_map(q) = coords`` for ``q``."""
@@ -117,7 +117,7 @@ class RandWarpd(RandomizableTransform, MapTransform, InvertibleTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
         d = dict(data)
         self.randomize(None)
-        grid: Optional[torch.Tensor] = None
+        grid: torch.Tensor | None = None
         shape = None
         for key, mode, padding_mode in self.key_iterator(d, self.mode, self.padding_mode):
             image = convert_to_tensor(d[key], track_meta=get_track_meta())
