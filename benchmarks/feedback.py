@@ -95,7 +95,7 @@ def main() -> None:
 
     def store():
         for sample, pred in zip(augmented, logits):
-            cache.put(*handler.to_cache_frame(sample["mask"], pred))
+            cache.put(*handler.inverse.to_cache_frame(sample["mask"], pred))
 
     def concat():
         return torch.cat([torch.stack([s["image"] for s in augmented]), torch.stack([s["mask"] for s in augmented])], 1)

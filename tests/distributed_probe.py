@@ -36,7 +36,7 @@ class PredictionRecorder:
 
     def record(self, engine: Any) -> None:
         for item, out in zip(engine.state.batch, engine.state.output):
-            key, mask = self.mask_handler.to_cache_frame(item["mask"], out["pred"])
+            key, mask = self.mask_handler.inverse.to_cache_frame(item["mask"], out["pred"])
             self.records.setdefault(engine.state.epoch, {})[key] = rle_encode(mask).to_dict()
 
     def save(self, engine: Any) -> None:

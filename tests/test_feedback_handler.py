@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from monai.data import DataLoader, Dataset, decollate_batch
+from monai.data import DataLoader, Dataset, MetaTensor, decollate_batch
 from monai.transforms import (
     Compose,
     EnsureTyped,
@@ -69,7 +69,7 @@ def run_epoch(loader, handler, store_label=True):
             assert key not in seen, "a sample was delivered twice in one epoch"
             seen[key] = (item["mask"].clone(), item["label"].clone())
             if store_label:
-                handler.cache.put(*handler.to_cache_frame(item["mask"], logits(item["label"])))
+                handler.cache.put(*handler.inverse.to_cache_frame(item["mask"], logits(item["label"])))
     return seen
 
 
@@ -213,3 +213,65 @@ def test_commit_handler_follows_validation_loss():
     restored = FeedbackCommitHandler(cache)
     restored.load_state_dict(commit.state_dict())
     assert restored.best == 0.4
+
+
+def _stored_batch(num_items=2, size=8):
+    """Per-sample items as a trainer sees them (decollated): a fed mask with its file name, a label; predictions
+    with two passes stacked (pass 1 wrong everywhere, pass 2 = the label), as ``loss_on_every_pass`` returns."""
+    cache = FeedbackMaskCache()
+    handler = FeedbackMaskHandler(cache, Compose([FeedbackMaskd("image", cache)]))
+    items, outputs = [], []
+    for i in range(num_items):
+        label = torch.zeros(1, size, size)
+        label[:, : 2 + i, :] = 1
+        mask = MetaTensor(torch.zeros(1, size, size), meta={"filename_or_obj": f"/data/images/{i}.png"})
+        items.append({"mask": mask, "label": label})
+        outputs.append({"pred": torch.cat([-logits(label), logits(label)])})
+    return handler, items, outputs
+
+
+def test_store_caches_the_last_pass_and_reports_its_dice_exactly():
+    handler, items, outputs = _stored_batch()
+    # pass 2 of the second sample misses one of its 3 foreground rows: Dice 2 * 16 / (16 + 24) = 0.8
+    outputs[1]["pred"][1, 2] = -20.0
+    engine = SimpleNamespace(state=SimpleNamespace(batch=items, output=outputs, metrics={}, epoch=1))
+    handler._reset_epoch(engine)
+    handler.store(engine)
+    handler.report(engine)
+    np.testing.assert_array_equal(handler.cache.get("0.png"), items[0]["label"].numpy().astype(np.uint8))
+    expected = items[1]["label"].clone()
+    expected[:, 2] = 0
+    np.testing.assert_array_equal(handler.cache.get("1.png"), expected.numpy().astype(np.uint8))
+    assert engine.state.metrics["stored_mask_dice"] == pytest.approx((1.0 + 0.8) / 2)
+    assert handler.stored_history == [pytest.approx(0.9)]
+
+
+def test_store_with_a_collated_batch_decollate_false():
+    handler, items, outputs = _stored_batch(num_items=3)
+    batch = {"mask": torch.stack([i["mask"] for i in items]), "label": torch.stack([i["label"] for i in items])}
+    batch["mask"].meta["filename_or_obj"] = [i["mask"].meta["filename_or_obj"] for i in items]
+    batch["mask"].is_batch = True
+    output = {"pred": torch.stack([o["pred"] for o in outputs])}
+    engine = SimpleNamespace(state=SimpleNamespace(batch=batch, output=output, metrics={}, epoch=1))
+    handler._reset_epoch(engine)
+    handler.store(engine)
+    handler.report(engine)
+    assert sorted(handler.cache.keys()) == ["0.png", "1.png", "2.png"]
+    for item in items:
+        key = sample_key(item["mask"].meta)
+        np.testing.assert_array_equal(handler.cache.get(key), item["label"].numpy().astype(np.uint8))
+    assert engine.state.metrics["stored_mask_dice"] == pytest.approx(1.0)
+
+
+def test_feedback_mask_transform_accepts_plain_tensors_with_a_meta_dict():
+    cache = FeedbackMaskCache()
+    cached = np.zeros((1, 6, 6), dtype=np.uint8)
+    cached[0, :3] = 1
+    cache.put("a.png", cached)
+    image = torch.rand(3, 6, 6)
+    data = {"image": image, "image_meta_dict": {"filename_or_obj": "/x/a.png"}}
+    out = FeedbackMaskd("image", cache)(data)
+    assert isinstance(out["mask"], MetaTensor) and out["mask"].meta["filename_or_obj"] == "a.png"
+    np.testing.assert_array_equal(out["mask"].numpy(), cached.astype(np.float32))
+    fresh = FeedbackMaskd("image", FeedbackMaskCache())({"image": image, "image_meta_dict": {"filename_or_obj": "b"}})
+    torch.testing.assert_close(fresh["mask"].as_tensor(), otsu_mask_torch(image[None])[0])

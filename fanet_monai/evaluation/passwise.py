@@ -85,14 +85,8 @@ class PassWiseInferer(IterativeRefinementInferer):
         mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """Refine ``inputs`` for ``num_passes`` passes.
-
-        Args:
-            inputs: ``(B, C, *spatial)`` images.
-            network: callable ``(b, C + 1, *spatial) -> (b, 1, *spatial)`` logits.
-            args: extra positional arguments for ``network`` (or ``inner``).
-            mask: ``(B, 1, *spatial)`` mask of the first pass; ``None`` for the configured start mask.
-            kwargs: extra keyword arguments for ``network`` (or ``inner``).
+        """Refine ``inputs`` for ``num_passes`` passes (arguments of
+        :meth:`~fanet_monai.inferers.IterativeRefinementInferer.__call__`).
 
         Returns:
             float32 logits ``(B, num_passes, *spatial)``, pass ``k`` in channel ``k - 1``.

@@ -15,38 +15,16 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 from monai.metrics import compute_dice
-from monai.transforms import Compose, Invertd
+from monai.transforms import Compose
 from monai.utils import min_version, optional_import
 
 from fanet_monai.feedback.cache import FeedbackMaskCache, sample_key
-from fanet_monai.feedback.transforms import FeedbackMaskd
+from fanet_monai.feedback.inversion import CacheFrameInverse
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
 __all__ = ["FeedbackMaskHandler", "FeedbackCommitHandler"]
-
-
-_GRID_PADDING = {"zeros", "border", "reflection"}
-
-
-def _zero_padding(operations: Any) -> Any:
-    """Copy of a transform trace with every padding mode set to zero padding.
-
-    Inverting an augmentation with zero padding makes pixels that the augmented view did not show (rotated, zoomed
-    or cropped out) come back as 0 in the coverage channel, instead of border or reflected values.
-    """
-    if isinstance(operations, list):
-        return [_zero_padding(op) for op in operations]
-    if isinstance(operations, dict):
-        converted = {}
-        for key, value in operations.items():
-            if key == "padding_mode" and value is not None:
-                converted[key] = "zeros" if str(value) in _GRID_PADDING else "constant"
-            else:
-                converted[key] = _zero_padding(value)
-        return converted
-    return operations
 
 
 def _dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -95,24 +73,19 @@ class FeedbackMaskHandler:
         threshold: float = 0.5,
         metric_name: str = "feedback_mask_dice",
     ) -> None:
-        if not isinstance(transform, Compose):
-            raise ValueError(
-                f"FeedbackMaskHandler needs the training dataset's Compose transform, got {type(transform).__name__}."
-            )
+        #: the transform split at its ``FeedbackMaskd`` and the inverse of the augmentation (checks ``transform``)
+        self.inverse = CacheFrameInverse(transform, cache, mask_key, pred_key, threshold)
         self.cache = cache
         self.image_key = image_key
         self.label_key = label_key
         self.mask_key = mask_key
         self.pred_key = pred_key
         self.threshold = threshold
-        self.transform = transform
         self.metric_name = metric_name
         self.history: list[float] = []  # mean Dice of fed masks vs labels, one value per epoch
         self.stored_history: list[float] = []  # mean Dice of the stored (predicted) masks vs labels, per epoch
         self._dice_sum = self._stored_sum = 0.0
         self._dice_count = self._stored_count = 0
-        self._invert: Invertd | None = None
-        self._preprocess_end = 0
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
@@ -122,34 +95,10 @@ class FeedbackMaskHandler:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.store)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.report)
 
-    # -- set-up ---------------------------------------------------------------------------------------------------
-    def _split_transform(self) -> Compose:
-        transform = self.transform
-        flat = transform.flatten().transforms
-        positions = [i for i, t in enumerate(flat) if isinstance(t, FeedbackMaskd) and t.cache is self.cache]
-        if len(positions) != 1:
-            raise ValueError(
-                "the training transform must contain exactly one FeedbackMaskd that uses this handler's cache, "
-                f"found {len(positions)}."
-            )
-        self._preprocess_end = positions[0]
-        preprocessing = flat[: positions[0]]
-        random_first = [type(t).__name__ for t in preprocessing if hasattr(t, "randomize")]
-        if random_first:
-            raise ValueError(f"random transforms before FeedbackMaskd would misalign the cached masks: {random_first}.")
-        self._flat = flat
-        self._transform = transform
-        # inverting a sample's augmentation maps its prediction back into the cache frame (bilinear, then threshold)
-        augmentation = Compose(flat[positions[0] + 1 :])
-        self._invert = Invertd(self.pred_key, augmentation, orig_keys=self.mask_key, nearest_interp=False)
-        return transform
-
     def initialize(self, engine: Engine) -> None:
         """Give every training sample without a cached mask its initial (Otsu) mask."""
         if getattr(engine.data_loader, "persistent_workers", False):
             raise ValueError("persistent data-loader workers would feed stale feedback masks: set persistent_workers=False.")
-        transform = self._split_transform() if self._invert is None else self._transform
-        feedback_transform = self._flat[self._preprocess_end]
         items = getattr(engine.data_loader.dataset, "data", None)
         if items is None:
             raise ValueError("the training dataset has no `data` list to initialise the feedback masks from.")
@@ -158,12 +107,12 @@ class FeedbackMaskHandler:
             key = sample_key(item[self.image_key]) if isinstance(item[self.image_key], str) else None
             if key is not None and key in self.cache:
                 continue
-            sample = transform(dict(item), end=self._preprocess_end)
+            sample = self.inverse.preprocess(item)
             image = sample[self.image_key]
             key = sample_key(image.meta if isinstance(image, MetaTensor) else item[self.image_key])
             if key in self.cache:
                 continue
-            self.cache.put(key, feedback_transform.initial_mask(image).cpu().numpy())
+            self.cache.put(key, self.inverse.feedback_transform.initial_mask(image).cpu().numpy())
             missing += 1
         if missing:
             self.cache.commit()  # the initial masks are the epoch-0 state under every update policy
@@ -196,32 +145,12 @@ class FeedbackMaskHandler:
         else:
             items, preds = batch, [item[self.pred_key] for item in output]
         for item, pred in zip(items, preds):
-            self.cache.put(*self.to_cache_frame(item[self.mask_key], pred))
+            self.cache.put(*self.inverse.to_cache_frame(item[self.mask_key], pred))
             label = item.get(self.label_key)
             if label is not None:
                 binary = (torch.sigmoid(pred.detach()[-1:].float()) > self.threshold).float().cpu()
                 self._stored_sum += float(_dice(binary[None], (label[None].cpu() > 0.5).float()).sum())
                 self._stored_count += 1
-
-    def to_cache_frame(self, mask: MetaTensor, pred: torch.Tensor) -> tuple:
-        """Map one prediction ``(1, *spatial)`` (logits, augmented frame) into the cache frame.
-
-        Returns ``(key, binary mask (1, *cache_spatial) uint8)``.
-        """
-        key = sample_key(mask.meta)
-        prob = torch.sigmoid(pred.detach().float().cpu()[-1:])  # the last pass when several are stacked
-        coverage = torch.ones_like(prob)
-        stacked = MetaTensor(torch.cat([prob, coverage]), meta=dict(mask.meta))
-        trace = MetaTensor(mask.detach().cpu(), meta=dict(mask.meta))
-        trace.applied_operations = _zero_padding(mask.applied_operations)
-        inverted = self._invert({self.pred_key: stacked, self.mask_key: trace})[self.pred_key]
-        new = inverted[:1] > self.threshold
-        covered = inverted[1:] > 0.5
-        if not bool(covered.all()):
-            previous = self.cache.get(key)
-            if previous is not None:
-                new = torch.where(covered, new, torch.as_tensor(previous, dtype=torch.bool))
-        return key, new.to(torch.uint8).numpy()
 
     def report(self, engine: Engine) -> None:
         value = self._dice_sum / max(self._dice_count, 1)
