@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.handlers import ValidationHandler
 
-from fanet_monai.bundle import load_workflow
 from fanet_monai.checkpoints import latest_checkpoint
 from fanet_monai.data import folder_datalist, make_synthetic_dataset
 from fanet_monai.feedback import FeedbackMaskCache, sample_key
@@ -25,33 +24,13 @@ META = ROOT / "bundle" / "configs" / "metadata.json"
 LOGGING = ROOT / "bundle" / "configs" / "logging.conf"
 
 
-def tiny_overrides(bundle_root: Path, dataset_dir: Path, **extra) -> dict:
-    overrides = {
-        "bundle_root": str(bundle_root),
-        "dataset_dir": str(dataset_dir),
-        "image_size": [64, 64],
-        "batch_size": 4,
-        "num_workers": 0,
-        "max_epochs": 2,
-        "num_passes": 2,
-        "show_progress": False,
-        "network_def#channels": [8, 16, 16, 16],
-    }
-    overrides.update(extra)
-    return overrides
-
-
-def workflow(**overrides) -> ConfigWorkflow:
-    return load_workflow([TRAIN], **overrides)
-
-
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("data"), num_images=10, height=64, width=64, seed=3)
 
 
-def test_two_epoch_training_saves_network_and_feedback_cache(tmp_path, dataset_dir):
-    wf = workflow(**tiny_overrides(tmp_path, dataset_dir))
+def test_two_epoch_training_saves_network_and_feedback_cache(tmp_path, dataset_dir, tiny_training):
+    wf = tiny_training(tmp_path, dataset_dir)
     wf.run()
     trainer = wf.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch == 2
@@ -77,20 +56,23 @@ def test_two_epoch_training_saves_network_and_feedback_cache(tmp_path, dataset_d
         assert restored.get(key).shape == (1, 64, 64)
 
 
-def test_overrides_reach_the_objects(tmp_path, dataset_dir):
-    wf = workflow(**tiny_overrides(tmp_path, dataset_dir, learning_rate=1e-3, max_epochs=3, val_interval=2,
-                                   **{"network_def#variant": "B3"}))
+def test_overrides_reach_the_objects(tmp_path, dataset_dir, tiny_training):
+    wf = tiny_training(tmp_path, dataset_dir, learning_rate=1e-3, max_epochs=3, val_interval=2,
+                       **{"network_def#variant": "B3"})
     assert wf.parser.get_parsed_content("train#trainer").state.max_epochs == 3
     assert wf.parser.get_parsed_content("optimizer").param_groups[0]["lr"] == 1e-3
     assert wf.parser.get_parsed_content("network").variant == "B3"
     assert len(wf.parser.get_parsed_content("train#dataset#data")) == 8
     assert len(wf.parser.get_parsed_content("validate#dataset#data")) == 2
     handlers = wf.parser.get_parsed_content("train#handlers")
-    validation = next(h for h in handlers if type(h).__name__ == "ValidationHandler")
+    validation = next(h for h in handlers if isinstance(h, ValidationHandler))
     assert validation.interval == 2
 
 
-def test_resume_after_kill_continues_with_same_cache_epoch_and_optimizer(tmp_path, dataset_dir):
+@pytest.mark.slow
+def test_resume_after_kill_continues_with_same_cache_epoch_and_optimizer(
+    tmp_path, dataset_dir, tiny_overrides, tiny_training
+):
     args = [
         sys.executable, "-m", "monai.bundle", "run", "training",
         "--config_file", str(TRAIN), "--meta_file", str(META), "--logging_file", str(LOGGING),
@@ -117,7 +99,7 @@ def test_resume_after_kill_continues_with_same_cache_epoch_and_optimizer(tmp_pat
     epoch = saved["trainer"]["iteration"] // saved["trainer"]["epoch_length"]
     assert 2 <= epoch < 30
 
-    wf = workflow(**tiny_overrides(tmp_path, dataset_dir, max_epochs=epoch + 1, resume=True))
+    wf = tiny_training(tmp_path, dataset_dir, max_epochs=epoch + 1, resume=True)
     trainer = wf.parser.get_parsed_content("train#trainer")
     cache = wf.parser.get_parsed_content("feedback_cache")
     optimizer = wf.parser.get_parsed_content("optimizer")
@@ -141,9 +123,9 @@ def test_resume_after_kill_continues_with_same_cache_epoch_and_optimizer(tmp_pat
     assert latest_checkpoint(models).endswith(f"checkpoint_epoch={epoch + 1}.pt")
 
 
-def test_resume_without_checkpoint_names_the_folder(tmp_path, dataset_dir):
+def test_resume_without_checkpoint_names_the_folder(tmp_path, dataset_dir, tiny_training):
     with pytest.raises(RuntimeError) as error:  # MONAI wraps errors raised while it evaluates a config expression
-        workflow(**tiny_overrides(tmp_path, dataset_dir, resume=True)).run()
+        tiny_training(tmp_path, dataset_dir, resume=True).run()
     cause = error.value.__cause__
     assert isinstance(cause, FileNotFoundError) and str(tmp_path / "models") in str(cause)
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())

@@ -201,6 +201,7 @@ def _rank_of(records: list, epoch: int) -> dict:
     return {key: r for r, rank in enumerate(records) for key in rank["records"][epoch]}
 
 
+@pytest.mark.slow
 def test_two_ranks_end_with_identical_complete_caches_of_last_epoch_predictions(ddp_run):
     ranks = ddp_run["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1] and {r["world_size"] for r in ranks} == {2}
@@ -235,6 +236,7 @@ def test_two_ranks_end_with_identical_complete_caches_of_last_epoch_predictions(
             (1, 4, 4, True), (2, 4, 4, True)]
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes_checkpoints_and_logs(ddp_run):
     models = ddp_run["bundle_root"] / "models"
     checkpoint = torch.load(latest_checkpoint(models), weights_only=True)
@@ -245,6 +247,7 @@ def test_only_rank_zero_writes_checkpoints_and_logs(ddp_run):
     assert events and {int(e.name.split(".")[-2]) for e in events} == {ddp_run["ranks"][0]["pid"]}
 
 
+@pytest.mark.slow
 def test_checkpoint_resumes_in_a_single_process_run(ddp_run):
     overrides = {**ddp_run["overrides"], "max_epochs": 3, "resume": True}
     workflow = load_workflow([TRAIN], **overrides)
@@ -269,6 +272,7 @@ def test_checkpoint_resumes_in_a_single_process_run(ddp_run):
     assert all(torch.equal(seen["weights"][k], v) for k, v in saved["network"].items())
 
 
+@pytest.mark.slow
 def test_multi_gpu_evaluation_gathers_every_image(ddp_run):
     root = ddp_run["root"]
     overrides = {**ddp_run["overrides"], "num_qualitative": 0, "output_dir": str(root / "mgpu_eval"),
@@ -280,6 +284,7 @@ def test_multi_gpu_evaluation_gathers_every_image(ddp_run):
     assert n_images == {"2"}  # both validation images, one per rank, gathered on rank 0
 
 
+@pytest.mark.slow
 def test_on_improvement_commits_the_newest_prediction_of_every_sample_on_every_rank(tmp_path_factory, dataset_dir):
     """Validation every 2nd epoch: each rank commits what it staged in epochs 1 and 2 at once, so a sample that
     changed rank was exported by both ranks; the epoch stamp must make the epoch-2 prediction win everywhere."""

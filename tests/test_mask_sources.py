@@ -12,6 +12,8 @@ from monai.data import MetaTensor
 from monai.losses import DiceCELoss
 from scipy import ndimage
 
+from benchmarks.feedback_study import main as feedback_study
+from fanet_monai.data import make_synthetic_dataset
 from fanet_monai.feedback import FeedbackMaskCache, otsu_mask_torch
 from fanet_monai.feedback.sources import DEFAULT_MIX, normalize_mix, perturb_mask
 from fanet_monai.feedback.masks import start_mask
@@ -152,13 +154,10 @@ def test_pass_averaged_loss_is_the_mean_over_passes():
     assert torch.allclose(PassAveragedLoss(base)(pred[:, :1], target), base(pred[:, :1], target))
 
 
-def test_unrolled_and_mixed_training_run_in_the_bundle(tmp_path):
-    from tests.test_bundle_training import tiny_overrides, workflow
-    from fanet_monai.data import make_synthetic_dataset
-
+def test_unrolled_and_mixed_training_run_in_the_bundle(tmp_path, tiny_training):
     data = make_synthetic_dataset(tmp_path / "data", num_images=6, height=32, width=32, seed=0)
-    wf = workflow(**tiny_overrides(tmp_path / "run", data, image_size=[32, 32], max_epochs=1, mask_source="mixed",
-                                   unroll_passes=2, loss_on_every_pass=True, start_mask="otsu_inverted"))
+    wf = tiny_training(tmp_path / "run", data, image_size=[32, 32], max_epochs=1, mask_source="mixed",
+                       unroll_passes=2, loss_on_every_pass=True, start_mask="otsu_inverted")
     wf.run()
     cache = wf.parser.get_parsed_content("feedback_cache")
     assert len(cache) == 5 and all(cache.get(k).shape == (1, 32, 32) for k in cache.keys())
@@ -167,10 +166,22 @@ def test_unrolled_and_mixed_training_run_in_the_bundle(tmp_path):
 
 
 def test_feedback_study_smoke(tmp_path, capsys):
-    from benchmarks.feedback_study import main
-
-    results = main(["--smoke", "--workdir", str(tmp_path), "--polarity", "membrane"])
+    results = feedback_study(["--smoke", "--workdir", str(tmp_path), "--polarity", "membrane"])
     assert [r["name"] for r in results] == ["b4_paper", "b4_unrolled2"]
     printed = capsys.readouterr().out
     assert "Dice p1" in printed and "FANet B4, paper" in printed
     assert (tmp_path / "study.json").is_file()
+
+
+@pytest.mark.slow
+def test_probability_feedback_training_without_augmentation_runs_in_the_bundle(tmp_path, tiny_training):
+    data = make_synthetic_dataset(tmp_path / "data", num_images=6, height=32, width=32, seed=1)
+    wf = tiny_training(tmp_path / "run", data, image_size=[32, 32], max_epochs=1, feedback_mode="probability",
+                       unroll_passes=2, augmentation="none")
+    wf.run()
+    assert wf.parser.get_parsed_content("train#inferer").feedback == "probability"
+    assert wf.parser.get_parsed_content("validate#inferer").feedback == "probability"
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 1 and np.isfinite(float(trainer.state.output[0]["loss"]))
+    cache = wf.parser.get_parsed_content("feedback_cache")
+    assert len(cache) == 5 and all(set(np.unique(cache.get(k))) <= {0, 1} for k in cache.keys())  # stored binarized

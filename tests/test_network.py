@@ -196,6 +196,7 @@ def _roundtrip(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     return torch.jit.load(buffer)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["B1", "B3", "B4"])
 def test_torchscript_script_and_trace_round_trip(variant):
     net = FANet(channels=SMALL, variant=variant).eval()
