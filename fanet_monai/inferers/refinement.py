@@ -1,16 +1,5 @@
-"""FANet's inferers: test-time iterative refinement and training-time unrolled feedback.
-
-FANet (Tomar et al., IEEE TNNLS 2022) evaluates an image several times: the first pass gets a start mask (Otsu's
-threshold of the blurred image), every later pass gets the previous prediction, binarized, as its feedback mask.
-
-Both inferers are called as MONAI calls an inferer, ``inferer(images, network, mask=None)``: ``images`` holds the
-image channels only ``(B, C, *spatial)``; ``mask`` ``(B, 1, *spatial)`` is the first pass's mask, ``None`` for the
-inferer's configured start mask (:func:`~fanet_monai.feedback.masks.start_mask`). Only the inferers build the
-network's one-tensor input ``cat([images, mask], 1)``. The trainer hands each sample's fed mask over with MONAI's
-``PrepareBatchExtraInput({"mask": "mask"})``; MONAI Label, MONAI Deploy and the evaluators call
-``inferer(images, network)``. The inferers keep no per-call state: :meth:`IterativeRefinementInferer.refine`
-returns every pass explicitly.
-"""
+"""Test-time iterative refinement: :class:`IterativeRefinementInferer`, and :class:`Refinement`, what its
+:meth:`~IterativeRefinementInferer.refine` returns."""
 
 from __future__ import annotations
 
@@ -25,68 +14,9 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_tensor
 
 from fanet_monai.feedback.masks import check_feedback_mode, check_start_mask, feedback_mask, start_mask
+from fanet_monai.inferers.passes import check_mask, check_num_passes, converged
 
-__all__ = [
-    "IterativeRefinementInferer",
-    "Refinement",
-    "UnrolledFeedbackInferer",
-    "converged",
-    "early_stop_passes",
-]
-
-
-def converged(current: torch.Tensor, previous: torch.Tensor, tolerance: float) -> torch.Tensor:
-    """The early-stop rule: which images' binarized predictions stopped changing.
-
-    Args:
-        current: ``(B, 1, *spatial)`` boolean masks of a pass.
-        previous: the same images' masks of the pass before.
-        tolerance: largest fraction of changed pixels, in ``[0, 1]``, that still counts as "stopped changing".
-
-    Returns:
-        ``(B,)`` bool: the fraction of pixels that differ is at most ``tolerance`` (computed in float64, exact for
-        ``tolerance = k / n``).
-    """
-    changed = (current != previous).flatten(1).sum(dim=1).double() / current[0].numel()
-    return changed <= tolerance
-
-
-def early_stop_passes(binary: torch.Tensor, tolerance: float) -> torch.Tensor:
-    """Per image, the pass at which :class:`IterativeRefinementInferer` with ``early_stop=True`` stops, from the
-    binarized masks of a run without early stop: the first pass ``k >= 2`` that :func:`converged` with pass ``k - 1``,
-    ``num_passes`` if there is none. Taking pass ``k``'s prediction for each image gives the early-stop result.
-
-    Args:
-        binary: ``(num_passes, B, 1, *spatial)`` boolean masks of passes 1 .. ``num_passes``.
-        tolerance: as in :func:`converged`.
-
-    Returns:
-        ``(B,)`` long tensor of passes used, in ``1 .. num_passes``, on ``binary``'s device.
-    """
-    if binary.ndim < 4:
-        raise ValueError(f"expected (num_passes, B, 1, *spatial) masks, got shape {tuple(binary.shape)}.")
-    num_passes, batch = binary.shape[:2]
-    used = torch.full((batch,), num_passes, dtype=torch.long, device=binary.device)
-    for k in range(num_passes - 1, 0, -1):  # last to first: the earliest stopping pass wins
-        used = torch.where(converged(binary[k], binary[k - 1], tolerance), k + 1, used)
-    return used
-
-
-def _check_num_passes(num_passes: Any) -> int:
-    if isinstance(num_passes, bool) or int(num_passes) != num_passes or num_passes < 1:
-        raise ValueError(f"num_passes must be an integer >= 1, got {num_passes!r}.")
-    return int(num_passes)
-
-
-def _check_mask(images: torch.Tensor, mask: torch.Tensor | None) -> None:
-    if mask is None:
-        return
-    expected = (images.shape[0], 1, *images.shape[2:])
-    if tuple(mask.shape) != expected:
-        raise ValueError(
-            f"mask must have shape {expected} (B, 1, *spatial) for images of shape {tuple(images.shape)}, "
-            f"got {tuple(mask.shape)}."
-        )
+__all__ = ["IterativeRefinementInferer", "Refinement"]
 
 
 @dataclass
@@ -169,7 +99,7 @@ class IterativeRefinementInferer(Inferer):
         amp: bool = False,
     ) -> None:
         super().__init__()
-        self.num_passes = _check_num_passes(num_passes)
+        self.num_passes = check_num_passes(num_passes)
         check_start_mask(start_mask, allow_callable=True)
         check_feedback_mode(feedback)
         if not 0.0 < threshold < 1.0:
@@ -234,7 +164,7 @@ class IterativeRefinementInferer(Inferer):
             raise ValueError(f"images must be (B, C, *spatial), got shape {tuple(images.shape)}.")
         if not images.is_floating_point():
             images = images.float()
-        _check_mask(images, mask)
+        check_mask(images, mask)
         batch = images.shape[0]
         if mask is None:
             mask = self.make_start_mask(images)
@@ -332,77 +262,3 @@ class IterativeRefinementInferer(Inferer):
             out = MetaTensor(out)
             out.copy_meta_from(inputs)
         return out
-
-
-class UnrolledFeedbackInferer(Inferer):
-    """Training-time unrolled refinement: train on the prediction made after ``num_passes - 1`` feedback passes.
-
-    Used as the trainer's inferer, called ``inferer(images, network, mask=mask)`` with the mask the feedback
-    source chose for each sample (:class:`~fanet_monai.feedback.transforms.FeedbackMaskd`: the previous-epoch
-    prediction, the start mask, or a mix), or without ``mask`` for the configured start mask. Passes
-    ``1 .. num_passes - 1`` run without gradient, each feeding its binarized (or probability) prediction to the
-    next, exactly as :class:`IterativeRefinementInferer` does at test time; pass ``num_passes`` runs with gradient.
-    ``num_passes=1`` is plain single-pass training on the fed mask.
-
-    Args:
-        num_passes: passes per training step, ``>= 1``.
-        feedback: ``"binary"`` or ``"probability"``, as at test time.
-        threshold: probability threshold of binary feedback.
-        loss_on_every_pass: also keep the gradient of passes ``1 .. num_passes - 1`` and return every pass's logits
-            stacked along the channel dimension ``(B, num_passes, *spatial)`` (pass ``k`` in channel ``k - 1``), for
-            :class:`~fanet_monai.losses.PassAveragedLoss`. Otherwise returns the last pass ``(B, 1, *spatial)``.
-        start_mask: the first pass's mask when the call gives none (see :class:`IterativeRefinementInferer`).
-
-    The fed masks themselves are never differentiated through (they are thresholded, or detached probabilities).
-    """
-
-    def __init__(
-        self,
-        num_passes: int = 2,
-        feedback: str = "binary",
-        threshold: float = 0.5,
-        loss_on_every_pass: bool = False,
-        start_mask: str | Callable[[torch.Tensor], torch.Tensor] = "otsu",
-    ) -> None:
-        super().__init__()
-        self.num_passes = _check_num_passes(num_passes)
-        check_feedback_mode(feedback)
-        check_start_mask(start_mask, allow_callable=True)
-        self.feedback = feedback
-        self.threshold = float(threshold)
-        self.loss_on_every_pass = bool(loss_on_every_pass)
-        self.start_mask = start_mask
-
-    def __call__(
-        self,
-        inputs: torch.Tensor,
-        network: Callable[..., Any],
-        *args: Any,
-        mask: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """Run the unrolled passes.
-
-        Args:
-            inputs: ``(B, C, *spatial)`` images.
-            network: callable ``(B, C + 1, *spatial) -> (B, 1, *spatial)`` logits.
-            args: extra positional arguments for ``network``.
-            mask: ``(B, 1, *spatial)`` mask of the first pass; ``None`` for the configured start mask.
-            kwargs: extra keyword arguments for ``network``.
-
-        Returns:
-            ``(B, 1, *spatial)`` logits of the last pass, or ``(B, num_passes, *spatial)`` with
-            ``loss_on_every_pass``.
-        """
-        _check_mask(inputs, mask)
-        mask = start_mask(inputs, self.start_mask) if mask is None else mask.to(inputs.dtype)
-        outputs = []
-        for k in range(1, self.num_passes + 1):
-            with_grad = torch.is_grad_enabled() and (k == self.num_passes or self.loss_on_every_pass)
-            with torch.set_grad_enabled(with_grad):
-                logits = network(torch.cat([inputs, mask], dim=1), *args, **kwargs)
-            outputs.append(logits)
-            mask = feedback_mask(logits, self.feedback, self.threshold).to(inputs.dtype)
-        if self.loss_on_every_pass:
-            return torch.cat(outputs, dim=1)
-        return outputs[-1]

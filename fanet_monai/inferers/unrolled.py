@@ -1,0 +1,88 @@
+"""Training-time unrolled feedback: :class:`UnrolledFeedbackInferer`, the trainer's inferer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from monai.inferers import Inferer
+
+from fanet_monai.feedback.masks import check_feedback_mode, check_start_mask, feedback_mask, start_mask
+from fanet_monai.inferers.passes import check_mask, check_num_passes
+
+__all__ = ["UnrolledFeedbackInferer"]
+
+
+class UnrolledFeedbackInferer(Inferer):
+    """Training-time unrolled refinement: train on the prediction made after ``num_passes - 1`` feedback passes.
+
+    Used as the trainer's inferer, called ``inferer(images, network, mask=mask)`` with the mask the feedback
+    source chose for each sample (:class:`~fanet_monai.feedback.transforms.FeedbackMaskd`: the previous-epoch
+    prediction, the start mask, or a mix), or without ``mask`` for the configured start mask. Passes
+    ``1 .. num_passes - 1`` run without gradient, each feeding its binarized (or probability) prediction to the
+    next, exactly as :class:`IterativeRefinementInferer` does at test time; pass ``num_passes`` runs with gradient.
+    ``num_passes=1`` is plain single-pass training on the fed mask.
+
+    Args:
+        num_passes: passes per training step, ``>= 1``.
+        feedback: ``"binary"`` or ``"probability"``, as at test time.
+        threshold: probability threshold of binary feedback.
+        loss_on_every_pass: also keep the gradient of passes ``1 .. num_passes - 1`` and return every pass's logits
+            stacked along the channel dimension ``(B, num_passes, *spatial)`` (pass ``k`` in channel ``k - 1``), for
+            :class:`~fanet_monai.losses.PassAveragedLoss`. Otherwise returns the last pass ``(B, 1, *spatial)``.
+        start_mask: the first pass's mask when the call gives none (see :class:`IterativeRefinementInferer`).
+
+    The fed masks themselves are never differentiated through (they are thresholded, or detached probabilities).
+    """
+
+    def __init__(
+        self,
+        num_passes: int = 2,
+        feedback: str = "binary",
+        threshold: float = 0.5,
+        loss_on_every_pass: bool = False,
+        start_mask: str | Callable[[torch.Tensor], torch.Tensor] = "otsu",
+    ) -> None:
+        super().__init__()
+        self.num_passes = check_num_passes(num_passes)
+        check_feedback_mode(feedback)
+        check_start_mask(start_mask, allow_callable=True)
+        self.feedback = feedback
+        self.threshold = float(threshold)
+        self.loss_on_every_pass = bool(loss_on_every_pass)
+        self.start_mask = start_mask
+
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: Callable[..., Any],
+        *args: Any,
+        mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Run the unrolled passes.
+
+        Args:
+            inputs: ``(B, C, *spatial)`` images.
+            network: callable ``(B, C + 1, *spatial) -> (B, 1, *spatial)`` logits.
+            args: extra positional arguments for ``network``.
+            mask: ``(B, 1, *spatial)`` mask of the first pass; ``None`` for the configured start mask.
+            kwargs: extra keyword arguments for ``network``.
+
+        Returns:
+            ``(B, 1, *spatial)`` logits of the last pass, or ``(B, num_passes, *spatial)`` with
+            ``loss_on_every_pass``.
+        """
+        check_mask(inputs, mask)
+        mask = start_mask(inputs, self.start_mask) if mask is None else mask.to(inputs.dtype)
+        outputs = []
+        for k in range(1, self.num_passes + 1):
+            with_grad = torch.is_grad_enabled() and (k == self.num_passes or self.loss_on_every_pass)
+            with torch.set_grad_enabled(with_grad):
+                logits = network(torch.cat([inputs, mask], dim=1), *args, **kwargs)
+            outputs.append(logits)
+            mask = feedback_mask(logits, self.feedback, self.threshold).to(inputs.dtype)
+        if self.loss_on_every_pass:
+            return torch.cat(outputs, dim=1)
+        return outputs[-1]
