@@ -64,6 +64,33 @@ class FanetCLI:
         )
         print(f"masks written to {output_dir}")
 
+    def dicom_infer(self, input: str, output_dir: str, bundle_root: str = ".", bundle_dir: Optional[str] = None,
+                    fractional: bool = False, **overrides: Any):
+        """One DICOM SEG per DICOM image under ``input`` (a file or folder, recursive) into ``output_dir``: same
+        preprocessing, refinement and weights as ``infer``; ``--fractional`` stores probabilities. Exit code 1 if
+        any source failed (one line each, naming file, SOP Instance UID and reason)."""
+        from fanet_monai.dicom.pipeline import dicom_infer
+
+        _log_to_console()
+        summary = dicom_infer([input], output_dir, bundle_root, bundle_dir, fractional, **overrides)
+        if summary.failed:
+            raise SystemExit(1)
+
+    def pacs(self, url: str, bundle_root: str = ".", bundle_dir: Optional[str] = None, watch: bool = False,
+             interval: float = 10.0, credentials: Optional[str] = None, fractional: bool = False, retries: int = 5,
+             backoff: float = 0.5, **overrides: Any):
+        """Segment the PACS's images over DICOMweb (``--url http://host:port/dicom-web``): QIDO finds instances
+        of the configured modalities without a SEG from this model version, WADO-RS fetches, STOW-RS stores the
+        SEG. ``--watch`` polls every ``--interval`` s until SIGINT/SIGTERM. Credentials: FANET_PACS_USERNAME /
+        FANET_PACS_PASSWORD or FANET_PACS_TOKEN, or ``--credentials FILE`` (JSON). Exit code 1 if a source
+        failed, 2 if the PACS stayed unreachable after ``--retries``."""
+        from fanet_monai.dicom.pacs import run_pacs
+
+        _log_to_console()
+        raise SystemExit(run_pacs(url, bundle_root, bundle_dir, watch=watch, interval=interval,
+                                  credentials=credentials, fractional=fractional, retries=retries, backoff=backoff,
+                                  **overrides))
+
     def ablation(self, dataset_dir: str, b1: str, b3: str, b4: str, output_dir: str = "ablation",
                  num_passes: Optional[int] = None, bundle_dir: Optional[str] = None, **overrides: Any):
         """Paper Table IX for trained B1, B3 and B4 checkpoints (B2 = the B4 weights evaluated with one pass)."""
@@ -107,6 +134,13 @@ class FanetCLI:
         print(f"\ndemo finished in {time.time() - start:.0f} s; checkpoints in {Path(out_dir) / 'models'}, "
               f"metrics and figures in {Path(out_dir) / 'eval'}")
         return None
+
+
+def _log_to_console() -> None:
+    import logging
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
 
 
 def main() -> None:

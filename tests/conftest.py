@@ -49,3 +49,12 @@ def tiny_training() -> Callable[..., ConfigWorkflow]:
         return load_workflow(bundle_configs("train"), **_tiny_overrides(bundle_root, dataset_dir, **extra))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_root(tmp_path_factory) -> Path:
+    """A bundle root with real weights (six short epochs of a narrow FANet at 64²) in ``models/model.pt``, for the
+    DICOM and PACS tests (:mod:`dicom_support`)."""
+    from dicom_support import train_tiny_bundle
+
+    return train_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle"))

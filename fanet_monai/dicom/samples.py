@@ -1,0 +1,122 @@
+"""DICOM source instances made from arrays (for tests, demos and the benchmark): VL Endoscopic (ES), Ophthalmic
+Photography 8-bit (OP), Secondary Capture (SC) and Multi-frame True Colour / Grayscale Byte SC, uncompressed
+(RGB, YBR_FULL, YBR_FULL_422, MONOCHROME1/2) or JPEG baseline (encoded with Pillow, ``YBR_FULL_422``)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.pixels import convert_color_space
+from pydicom.uid import JPEGBaseline8Bit, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+__all__ = ["IODS", "make_source"]
+
+#: kind -> (SOP Class UID, Modality, multi-frame IOD)
+IODS: dict[str, tuple[str, str, bool]] = {
+    "ES": ("1.2.840.10008.5.1.4.1.1.77.1.1", "ES", False),  # VL Endoscopic Image
+    "OP": ("1.2.840.10008.5.1.4.1.1.77.1.5.1", "OP", True),  # Ophthalmic Photography 8 Bit Image
+    "SC": ("1.2.840.10008.5.1.4.1.1.7", "OT", False),  # Secondary Capture Image
+    "MFSC": ("1.2.840.10008.5.1.4.1.1.7.4", "OT", True),  # Multi-frame True Color SC Image
+    "MFSC_GRAY": ("1.2.840.10008.5.1.4.1.1.7.2", "OT", True),  # Multi-frame Grayscale Byte SC Image
+}
+
+
+def make_source(
+    pixels: np.ndarray,
+    kind: str = "ES",
+    photometric: str | None = None,
+    jpeg: bool = False,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    patient_name: str = "Doe^Jane",
+    patient_id: str = "PID-0001",
+    birth_date: str = "19700101",
+    instance_number: int = 1,
+) -> Dataset:
+    """A DICOM dataset (with file meta, ready for ``save_as(enforce_file_format=True)``) holding ``pixels``.
+
+    Args:
+        pixels: uint8/uint16 ``(H, W)`` gray or ``(H, W, 3)`` RGB; ``(F, H, W[, 3])`` for multi-frame kinds.
+        kind: a key of :data:`IODS`.
+        photometric: for colour ``"RGB"`` (default), ``"YBR_FULL"`` or ``"YBR_FULL_422"`` (even width); for gray
+            ``"MONOCHROME2"`` (default) or ``"MONOCHROME1"`` (stored inverted, so it reads back as ``pixels``).
+        jpeg: JPEG baseline (8-bit; colour becomes ``YBR_FULL_422`` as JPEG stores it), lossy.
+    """
+    sop_class, modality, multiframe = IODS[kind]
+    pixels = np.asarray(pixels)
+    frames = pixels if multiframe and pixels.ndim == (4 if kind != "MFSC_GRAY" else 3) else pixels[None]
+    colour = frames.ndim == 4
+    photometric = photometric or ("RGB" if colour else "MONOCHROME2")
+    if jpeg:
+        photometric = "YBR_FULL_422" if colour else "MONOCHROME2"
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.SOPClassUID = sop_class
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, birth_date, "F"
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20250101", "120000", "1", "ACC1"
+    ds.ReferringPhysicianName = ""
+    ds.ContentDate, ds.ContentTime = "20250101", "120001"
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, 1, instance_number
+    ds.Manufacturer = "fanet-monai samples"
+    ds.PatientOrientation = ""
+    ds.ImageType = ["ORIGINAL", "PRIMARY"] if kind in ("ES", "OP") else ["DERIVED", "SECONDARY"]
+    ds.ConversionType = "WSD" if kind.startswith(("SC", "MFSC")) else None
+    if ds.ConversionType is None:
+        del ds.ConversionType
+    ds.LossyImageCompression = "01" if jpeg else "00"
+    if kind in ("ES", "OP"):
+        ds.AcquisitionContextSequence = []
+    if multiframe:
+        ds.NumberOfFrames = len(frames)
+    n, rows, cols = frames.shape[:3]
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 3 if colour else 1
+    ds.PhotometricInterpretation = photometric
+    bits = 8 if frames.dtype == np.uint8 else 16
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    if colour:
+        ds.PlanarConfiguration = 0
+    if jpeg:
+        ds.PixelData = encapsulate([_jpeg(f) for f in frames])
+    else:
+        ds.PixelData = _native(frames, photometric, bits)
+    return ds
+
+
+def _native(frames: np.ndarray, photometric: str, bits: int) -> bytes:
+    if photometric == "MONOCHROME1":
+        frames = (2**bits - 1) - frames
+    elif photometric in ("YBR_FULL", "YBR_FULL_422"):
+        frames = convert_color_space(frames, "RGB", "YBR_FULL")
+        if photometric == "YBR_FULL_422":  # pairs of pixels share Cb/Cr: Y1 Y2 Cb Cr (PS3.5 8.2.1)
+            packed = np.empty((*frames.shape[:2], frames.shape[2] // 2, 4), dtype=frames.dtype)
+            packed[..., 0], packed[..., 1] = frames[:, :, 0::2, 0], frames[:, :, 1::2, 0]
+            packed[..., 2], packed[..., 3] = frames[:, :, 0::2, 1], frames[:, :, 0::2, 2]
+            frames = packed
+    data = np.ascontiguousarray(frames).astype("<u2" if bits == 16 else np.uint8).tobytes()
+    return data + b"\0" * (len(data) % 2)
+
+
+def _jpeg(frame: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=90, subsampling="4:2:2" if frame.ndim == 3 else 0)
+    return buffer.getvalue()
+
+
+def save(ds: Dataset, path: str | os.PathLike) -> str:
+    """Write ``ds`` as a DICOM Part 10 file; returns the path."""
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)

@@ -1,0 +1,193 @@
+"""DICOM Segmentation objects (highdicom) for a source image and its predicted masks.
+
+One SEG per source instance, in the source's Study, in a new Series per (source series, model version); BINARY by
+default, FRACTIONAL (probabilities, 0..255) as an option. The SOP Instance and Series UIDs are derived
+deterministically from the source UIDs and the model version (:meth:`ModelIdentity.key`), so storing a result twice
+is a no-op in a PACS and a run can tell which sources are done.
+
+Classic multi-frame IODs (Ophthalmic Photography 8-bit, Multi-frame True Colour / Grayscale SC) declare
+``NumberOfFrames`` but carry no functional groups and no Frame of Reference. highdicom 0.28 treats every image of
+a multi-frame IOD as an *enhanced* multi-frame image and reads ``SharedFunctionalGroupsSequence`` from it (hence
+``AttributeError: SharedFunctionalGroupsSequence``), and without a Frame of Reference it supports one source frame
+per SEG. :func:`build_segmentations` therefore hands highdicom a *derived single-frame description* of the source
+(the header with the single-frame Secondary Capture SOP class, no ``NumberOfFrames``, no pixel data) and then
+restores the real references in the SEG (Referenced SOP Class UID, and for multi-frame sources the Referenced Frame
+Number): a 1-frame OP image gets one SEG, an F-frame multi-frame SC image F SEG instances (one per frame, each
+referencing its source frame) in the same SEG series.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import highdicom as hd
+import numpy as np
+from highdicom._standard_utils import is_multiframe_image
+from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from fanet_monai.dicom.predictor import ModelIdentity
+from fanet_monai.dicom.reader import number_of_frames
+
+__all__ = ["SegSettings", "build_segmentations", "seg_uids", "SECONDARY_CAPTURE"]
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+#: Type 2 attributes highdicom copies from the source; empty is valid, absent is not.
+_TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                      "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+@dataclass
+class SegSettings:
+    """What the SEG says (``dicom_seg`` in ``bundle/configs/dicom.json``; override e.g.
+    ``--dicom_seg#segment_label Vessel``).
+
+    Codes are ``[value, scheme designator, meaning]`` triples, e.g. SNOMED CT ``["41329004", "SCT", "Polyp"]``.
+    """
+
+    segment_label: str = "Polyp"
+    property_category: Sequence[str] = ("49755003", "SCT", "Morphologically abnormal structure")
+    property_type: Sequence[str] = ("41329004", "SCT", "Polyp")
+    algorithm_name: str = "FANet"
+    series_description: str = "FANet SEG"
+    series_number: int = 9100
+    manufacturer: str = "fanet-monai"
+    content_label: str = "FANET"
+    modalities: Sequence[str] = field(default_factory=lambda: ["ES", "OP", "XC", "OT"])
+
+    def series_description_for(self, model: ModelIdentity) -> str:
+        """Series Description of this model version's SEG series (LO, at most 64 characters)."""
+        return f"{self.series_description} {model.key}"[:64]
+
+
+def seg_uids(source: Dataset, model: ModelIdentity) -> tuple[str, list[str]]:
+    """``(series UID, [SOP Instance UID per SEG])`` for ``source``: one SEG, or one per frame of a multi-frame
+    source without functional groups (see the module doc). Deterministic in the source UIDs and ``model.key``."""
+    series = generate_uid(entropy_srcs=["fanet-seg-series", str(source.StudyInstanceUID),
+                                        str(source.SeriesInstanceUID), model.key])
+    frames = number_of_frames(source) if _needs_derived_source(source) else 1
+    instances = [generate_uid(entropy_srcs=["fanet-seg", str(source.SOPInstanceUID), str(k), model.key])
+                 for k in range(frames)]
+    return series, instances
+
+
+def _needs_derived_source(source: Dataset) -> bool:
+    return is_multiframe_image(source) and "SharedFunctionalGroupsSequence" not in source
+
+
+def _derived_single_frame(source: Dataset) -> Dataset:
+    """Header-only copy of ``source`` that highdicom reads as a single-frame image (see the module doc)."""
+    derived = Dataset()
+    for element in source:
+        if element.keyword not in ("PixelData", "NumberOfFrames", "FrameIncrementPointer", "FrameTime",
+                                   "SOPClassUID"):
+            derived.add(element)
+    derived.file_meta = source.file_meta
+    derived.SOPClassUID = SECONDARY_CAPTURE  # a new element: the source's own stays untouched
+    return derived
+
+
+def _restore_references(seg: hd.seg.Segmentation, source: Dataset, frame: int | None) -> None:
+    """Point every reference to the source back at its real SOP class, and in Source Image Sequence items at the
+    source frame (``frame`` 0-based; Referenced Frame Number is 1-based) of a multi-frame source."""
+    for element in list(seg.iterall()):
+        if element.VR != "SQ":
+            continue
+        for index, item in enumerate(element.value):
+            if item.get("ReferencedSOPInstanceUID") != source.SOPInstanceUID:
+                continue
+            if element.keyword == "SourceImageSequence" and frame is not None:
+                item = copy.deepcopy(item)  # highdicom may share this item with other sequences
+                item.ReferencedFrameNumber = frame + 1
+                element.value[index] = item
+            item.ReferencedSOPClassUID = source.SOPClassUID
+
+
+def build_segmentations(
+    source: Dataset,
+    masks: Sequence[np.ndarray],
+    model: ModelIdentity,
+    settings: SegSettings | None = None,
+    fractional: bool = False,
+    parameters: dict[str, str] | None = None,
+) -> list[hd.seg.Segmentation]:
+    """SEG instance(s) for ``source`` (a header is enough) and one mask per frame.
+
+    Args:
+        masks: per source frame, ``(Rows, Columns)``: bool (BINARY) or float in [0, 1] (``fractional``).
+        model: recorded in the AlgorithmIdentificationSequence (name, version, weights SHA-256) and the UIDs.
+        parameters: more algorithm parameters to record (``num_passes``, ...), as strings.
+
+    Returns:
+        One SEG, or one per frame for multi-frame sources without functional groups (module doc). An empty mask is
+        stored as an all-zero frame (highdicom cannot omit every frame; DICOM allows an empty segment frame).
+    """
+    settings = settings or SegSettings()
+    frames = number_of_frames(source)
+    if len(masks) != frames:
+        raise ValueError(f"{frames} source frame(s) but {len(masks)} mask(s).")
+    for mask in masks:
+        if mask.shape != (source.Rows, source.Columns):
+            raise ValueError(f"mask shape {mask.shape} is not the source's (Rows, Columns) "
+                             f"= ({source.Rows}, {source.Columns}).")
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=settings.algorithm_name,
+        family=codes.cid7162.ArtificialIntelligence,
+        version=f"{model.project} {model.project_version} bundle {model.bundle_version}"[:64],
+        source=model.project,
+        parameters={"weights_sha256": model.weights_sha256, **(parameters or {})},
+    )
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=settings.segment_label,
+        segmented_property_category=CodedConcept(*settings.property_category),
+        segmented_property_type=CodedConcept(*settings.property_type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+    )
+    derived = _needs_derived_source(source)
+    reference = _derived_single_frame(source) if derived else source
+    for keyword in _TYPE2_FROM_SOURCE:
+        if keyword not in reference:
+            if reference is source:
+                reference = _derived_single_frame(source) if derived else source.copy()
+            setattr(reference, keyword, "")
+    series_uid, instance_uids = seg_uids(source, model)
+    groups = [(k, masks[k][None]) for k in range(frames)] if derived else [(None, np.stack(list(masks)))]
+    if not derived and frames == 1:
+        groups = [(None, masks[0])]
+    segs = []
+    for (frame, pixels), sop_uid in zip(groups, instance_uids):
+        pixels = pixels.astype(np.float32) if fractional else pixels.astype(bool).astype(np.uint8)
+        if derived:
+            pixels = pixels[0]
+        seg = hd.seg.Segmentation(
+            source_images=[reference],
+            pixel_array=pixels,
+            segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL if fractional
+            else hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[description],
+            series_instance_uid=series_uid,
+            series_number=settings.series_number,
+            sop_instance_uid=sop_uid,
+            instance_number=int(source.get("InstanceNumber") or 1) if frame is None else frame + 1,
+            manufacturer=settings.manufacturer,
+            manufacturer_model_name=settings.algorithm_name,
+            software_versions=f"{model.project} {model.project_version}",
+            device_serial_number=model.weights_sha256[:16],
+            series_description=settings.series_description_for(model),
+            content_label=settings.content_label,
+            content_description=f"{settings.segment_label} segmentation by {settings.algorithm_name}"[:64],
+            max_fractional_value=255,
+            omit_empty_frames=False,
+        )
+        if derived:
+            _restore_references(seg, source, frame if frames > 1 else None)
+        if "FrameOfReferenceUID" not in seg and "PatientOrientation" not in seg:
+            seg.PatientOrientation = source.get("PatientOrientation", "")  # General Image, type 2C without FoR
+        segs.append(seg)
+    return segs
