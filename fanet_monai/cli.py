@@ -141,6 +141,8 @@ def _log_to_console() -> None:
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+    for noisy in ("highdicom", "dicomweb_client"):  # a line per copied module / per request
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main() -> None:

@@ -52,3 +52,84 @@ def smooth_rgb(height: int, width: int, seed: int) -> np.ndarray:
                                     noise_max=0.05, num_seg_classes=1, random_state=np.random.RandomState(seed))
     gray = (255 * (image - image.min()) / max(float(image.max() - image.min()), 1e-6)).astype(np.uint8)
     return np.stack([gray, (gray * 0.8).astype(np.uint8), 255 - gray], axis=-1)
+
+
+ORTHANC = shutil.which("Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+ORTHANC_USER, ORTHANC_PASSWORD = "fanet", "s3cret-Pw-42"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OrthancServer:
+    """A real Orthanc on loopback: a free HTTP port, temporary storage and index, DICOMweb plugin, HTTP basic
+    authentication; ``start()``/``stop()`` can be repeated (same port, same storage) to simulate an outage."""
+
+    def __init__(self, workdir: Path):
+        import json
+
+        self.workdir = workdir
+        self.port, self.dicom_port = free_port(), free_port()
+        self.config = workdir / "orthanc.json"
+        storage = workdir / "storage"
+        storage.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(json.dumps({
+            "Name": "fanet-test", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+            "HttpPort": self.port, "DicomPort": self.dicom_port, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": True, "RegisteredUsers": {ORTHANC_USER: ORTHANC_PASSWORD},
+            "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }))
+        self.process = None
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dicomweb = f"{self.url}/dicom-web"
+
+    def start(self, timeout: float = 30.0) -> None:
+        import subprocess
+        import time
+
+        import requests
+
+        log = open(self.workdir / "orthanc.log", "ab")
+        self.process = subprocess.Popen([ORTHANC, str(self.config)], stdout=log, stderr=log)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if requests.get(f"{self.url}/system", auth=(ORTHANC_USER, ORTHANC_PASSWORD), timeout=1).ok:
+                    return
+            except requests.ConnectionError:
+                pass
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.process.returncode}; see {self.workdir}/orthanc.log")
+            time.sleep(0.1)
+        raise RuntimeError(f"Orthanc did not answer within {timeout} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def upload(self, path: Path | str) -> None:
+        import requests
+
+        response = requests.post(f"{self.url}/instances", data=Path(path).read_bytes(),
+                                 auth=(ORTHANC_USER, ORTHANC_PASSWORD), timeout=30)
+        response.raise_for_status()
+
+    def seg_instances(self) -> list:
+        """All SEG instances stored, as pydicom datasets (WADO-RS through dicomweb-client)."""
+        from dicomweb_client.api import DICOMwebClient
+        import requests
+
+        session = requests.Session()
+        session.auth = (ORTHANC_USER, ORTHANC_PASSWORD)
+        client = DICOMwebClient(self.dicomweb, session=session)
+        found = client.search_for_instances(search_filters={"Modality": "SEG"})
+        return [client.retrieve_instance(r["0020000D"]["Value"][0], r["0020000E"]["Value"][0],
+                                         r["00080018"]["Value"][0]) for r in found]
