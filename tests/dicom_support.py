@@ -19,24 +19,26 @@ DCIODVFY = shutil.which("dciodvfy")
 
 
 def train_tiny_bundle(root: Path) -> Path:
-    """One epoch of FANet at 64² with narrow widths: real weights in ``root/models/model.pt``."""
-    data = make_synthetic_dataset(root / "data", num_images=8, height=SIZE, width=SIZE, seed=5)
+    """Six short epochs of a narrow FANet at 64² (≈ 10 s): real weights in ``root/models/model.pt`` that find
+    the synthetic blobs, so the masks compared in the tests are not trivially empty."""
+    data = make_synthetic_dataset(root / "data", num_images=16, height=SIZE, width=SIZE, seed=5)
     workflow = load_workflow(bundle_configs("train"), "training", bundle_root=str(root), dataset_dir=str(data),
-                             max_epochs=1, batch_size=4, show_progress=False, **INFER)
+                             max_epochs=6, learning_rate=1e-2, batch_size=4, show_progress=False, **INFER)
     workflow.run()
     assert (root / "models" / "model.pt").is_file()
     return root
 
 
-def fanet_infer_png(bundle_root: Path, pixels: np.ndarray, work: Path) -> np.ndarray:
-    """``fanet infer`` (the bundle's own run) on a PNG of ``pixels``: the mask ``(H, W)`` bool."""
+def fanet_infer_png(bundle_root: Path, images: dict[str, np.ndarray], work: Path) -> dict[str, np.ndarray]:
+    """``fanet infer`` (the bundle's own run) on PNGs of ``images`` (name → pixels): name → mask ``(H, W)`` bool."""
     from fanet_monai.cli import FanetCLI
 
-    images, masks = work / "png", work / "png_masks"
-    images.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(images / "img.png")
-    FanetCLI().infer(str(images), str(masks), bundle_root=str(bundle_root), **INFER)
-    return np.asarray(Image.open(masks / "img.png")) > 0
+    folder, masks = work / "png", work / "png_masks"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, pixels in images.items():
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+    FanetCLI().infer(str(folder), str(masks), bundle_root=str(bundle_root), **INFER)
+    return {name: np.asarray(Image.open(masks / f"{name}.png")) > 0 for name in images}
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
@@ -45,13 +47,14 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 
 def smooth_rgb(height: int, width: int, seed: int) -> np.ndarray:
-    """A synthetic uint8 RGB image with bright blobs (MONAI ``create_test_image_2d``), smooth enough for JPEG."""
+    """A synthetic uint8 RGB image with bright blobs (MONAI ``create_test_image_2d``, like the training data of
+    :func:`train_tiny_bundle`), slightly different channels, smooth enough for JPEG."""
     from monai.data.synthetic import create_test_image_2d
 
     image, _ = create_test_image_2d(height, width, num_objs=4, rad_max=max(6, min(height, width) // 5),
                                     noise_max=0.05, num_seg_classes=1, random_state=np.random.RandomState(seed))
     gray = (255 * (image - image.min()) / max(float(image.max() - image.min()), 1e-6)).astype(np.uint8)
-    return np.stack([gray, (gray * 0.8).astype(np.uint8), 255 - gray], axis=-1)
+    return np.stack([gray, (gray * 0.9 + 12).astype(np.uint8), (gray * 0.95).astype(np.uint8)], axis=-1)
 
 
 ORTHANC = shutil.which("Orthanc")

@@ -5,8 +5,8 @@ have no SEG from this model version, WADO-RS retrieves each one, the bundle infe
   seg_uids`), and a source counts as done only when the PACS lists all its SEG instances, so re-running (or a
   crash between inference and store) never stores a second SEG for the same source and model version.
 - Failures: a source that cannot be processed gets one ``FAILED SOP Instance UID ...: reason`` line and the others
-  go on; nothing is stored for it. HTTP connection errors and 5xx answers are retried ``retries`` times with
-  exponential backoff (urllib3 ``Retry`` on the ``requests`` session); then :class:`PacsUnavailable` stops the run
+  go on; nothing is stored for it. HTTP connection errors and 408/429/5xx answers are retried ``retries`` times
+  with exponential backoff (dicomweb-client's retry settings); then :class:`PacsUnavailable` stops the run
   (``--watch`` tries again at the next poll).
 - Credentials (HTTP basic or bearer token) come from ``FANET_PACS_USERNAME`` / ``FANET_PACS_PASSWORD`` /
   ``FANET_PACS_TOKEN`` or a JSON file (``{"username": ..., "password": ...}`` or ``{"token": ...}``); they are
@@ -21,6 +21,7 @@ import os
 import signal
 import tempfile
 import threading
+from http import HTTPStatus
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,8 +30,7 @@ from urllib.parse import urlsplit
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
+from retrying import RetryError
 
 from fanet_monai.dicom.pipeline import Summary, segment_source
 from fanet_monai.dicom.predictor import BundlePredictor
@@ -42,6 +42,9 @@ __all__ = ["PacsUnavailable", "PacsSegmenter", "connect", "load_credentials", "r
 logger = logging.getLogger("fanet_monai.dicom.pacs")
 
 ENV_USERNAME, ENV_PASSWORD, ENV_TOKEN = "FANET_PACS_USERNAME", "FANET_PACS_PASSWORD", "FANET_PACS_TOKEN"
+#: answers worth another try: timeout, too many requests, server errors
+RETRY_STATUS = (HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.INTERNAL_SERVER_ERROR,
+                HTTPStatus.BAD_GATEWAY, HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.GATEWAY_TIMEOUT)
 #: WADO-RS in the stored transfer syntax (no transcoding by the PACS)
 ORIGINAL_SYNTAX = (("application/dicom", "*"),)
 
@@ -71,10 +74,11 @@ def load_credentials(path: str | os.PathLike | None = None) -> dict[str, str]:
     return {}
 
 
-def connect(url: str, credentials: dict[str, str] | None = None, retries: int = 5,
-            backoff: float = 0.5) -> DICOMwebClient:
-    """A ``DICOMwebClient`` whose ``requests`` session retries connection errors and 5xx answers ``retries``
-    times, sleeping ``backoff * 2**n`` seconds between tries (every method: SEG UIDs make STOW idempotent)."""
+def connect(url: str, credentials: dict[str, str] | None = None, retries: int = 5, backoff: float = 0.5,
+            timeout: float = 60.0) -> DICOMwebClient:
+    """A ``DICOMwebClient`` that retries connection errors and 408/429/5xx answers ``retries`` times with
+    exponential backoff (``backoff * 2**n`` seconds; dicomweb-client's own ``set_http_retry_params``), for every
+    request: the deterministic SEG UIDs make a repeated STOW harmless."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"--url {url!r}: expected http(s)://host:port/dicom-web.")
@@ -82,18 +86,15 @@ def connect(url: str, credentials: dict[str, str] | None = None, retries: int = 
         raise ValueError("--url must not hold credentials: use FANET_PACS_USERNAME/FANET_PACS_PASSWORD "
                          "(or FANET_PACS_TOKEN) or --credentials FILE.")
     session = requests.Session()
-    retry = Retry(total=retries, connect=retries, read=retries, status=retries, other=retries,
-                  backoff_factor=backoff, status_forcelist=(500, 502, 503, 504), allowed_methods=None,
-                  raise_on_status=True)
-    adapter = HTTPAdapter(max_retries=retry)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
     credentials = credentials or {}
     if "token" in credentials:
         session.headers["Authorization"] = f"Bearer {credentials['token']}"
     elif "username" in credentials:
         session.auth = (credentials["username"], credentials.get("password", ""))
-    return DICOMwebClient(url, session=session)
+    client = DICOMwebClient(url, session=session, timeout=timeout)
+    client.set_http_retry_params(retry=True, max_attempts=retries + 1, wait_exponential_multiplier=backoff * 500,
+                                 retriable_error_codes=RETRY_STATUS)
+    return client
 
 
 @contextmanager
@@ -102,9 +103,12 @@ def _pacs_call(what: str) -> Iterator[None]:
     401/403); other HTTP errors (404, 400, ...) pass through as ``requests.HTTPError``."""
     try:
         yield
-    except (requests.ConnectionError, requests.exceptions.RetryError, requests.Timeout) as error:
-        reason = type(error).__name__ if isinstance(error, requests.ConnectionError) else str(error)[:200]
-        raise PacsUnavailable(f"{what}: PACS unreachable after retries ({reason})") from None
+    except (requests.ConnectionError, requests.Timeout) as error:
+        raise PacsUnavailable(f"{what}: PACS unreachable after retries ({type(error).__name__})") from None
+    except RetryError as error:  # the last answer was still a retriable status
+        response = error.last_attempt.value if not error.last_attempt.has_exception else None
+        status = getattr(response, "status_code", "?")
+        raise PacsUnavailable(f"{what}: PACS answered HTTP {status} after retries") from None
     except requests.HTTPError as error:
         status = error.response.status_code if error.response is not None else None
         if status in (401, 403):
