@@ -100,16 +100,18 @@ def checked_sources(files: Iterable[Path], summary: Summary) -> list[tuple[Path,
 
 
 def dicom_infer(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, bundle_root: str = ".",
-                bundle_dir: str | None = None, fractional: bool = False, **overrides) -> Summary:
+                bundle_dir: str | None = None, fractional: bool = False, predictor: BundlePredictor | None = None,
+                **overrides) -> Summary:
     """Write ``<output_dir>/<source SOP Instance UID>.seg.dcm`` (``...-frameN.seg.dcm`` per frame for multi-frame
     sources without functional groups) for every usable DICOM image under ``inputs``; returns the :class:`Summary`.
-    Sources are checked before the model is loaded, so bad input is reported first."""
+    Sources are checked before the model is loaded, so bad input is reported first; pass ``predictor`` to reuse
+    a loaded bundle (then ``bundle_root``, ``bundle_dir`` and ``overrides`` are not used)."""
     summary = Summary()
     sources = checked_sources(dicom_files(inputs), summary)
     logger.info("%d usable DICOM source(s), %d rejected", len(sources), len(summary.failed))
     if not sources:
         return summary
-    predictor = BundlePredictor(bundle_root, bundle_dir, **overrides)
+    predictor = predictor or BundlePredictor(bundle_root, bundle_dir, **overrides)
     settings = predictor.config("dicom_seg") or SegSettings()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
