@@ -251,3 +251,29 @@ def test_dicom_infer_fractional_thresholds_to_the_binary_mask(tmp_path, tiny_bun
     undecided = np.abs(probs - 0.5) <= 1 / 255  # 8-bit storage rounds probabilities at the threshold
     assert np.array_equal((probs > 0.5)[~undecided], mask[~undecided])
     assert pydicom.dcmread(f).MaximumFractionalValue == 255
+
+
+ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em" / "images"
+
+
+@pytest.mark.skipif(not ISBI.is_dir(), reason=f"ISBI 2012 EM slices not present at {ISBI}")
+def test_isbi_slices_as_monochrome_and_jpeg_dicom_match_fanet_infer(tmp_path, tiny_bundle_root):
+    from PIL import Image
+
+    from fanet_monai.dicom.pipeline import dicom_infer
+
+    slices = sorted(ISBI.glob("*.png"))[:2]
+    crops = [np.asarray(Image.open(p).convert("L"))[100:150, 200:262] for p in slices]  # 50 x 62
+    sources = {"m2": make_source(crops[0], "SC"), "m1": make_source(crops[1], "SC", "MONOCHROME1"),
+               "jpeg": make_source(crops[0], "SC", jpeg=True)}
+    (tmp_path / "in").mkdir()
+    for name, ds in sources.items():
+        save(ds, tmp_path / "in" / f"{name}.dcm")
+    summary = dicom_infer([tmp_path / "in"], tmp_path / "out", str(tiny_bundle_root), **INFER)
+    assert summary.done == 3 and not summary.failed
+    pixels = {name: decode_frame(read_header(tmp_path / "in" / f"{name}.dcm")) for name in sources}
+    assert np.array_equal(pixels["m1"], crops[1])  # MONOCHROME1 stored inverted, read back as the slice
+    expected = fanet_infer_png(tiny_bundle_root, pixels, tmp_path)
+    for name, ds in sources.items():
+        seg = hd.seg.segread(tmp_path / "out" / f"{ds.SOPInstanceUID}.seg.dcm")
+        assert np.array_equal(seg.pixel_array.reshape(H, W).astype(bool), expected[name]), name
