@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from dicom_support import (DCIODVFY, DICOMWEB_PLUGIN, INFER, ORTHANC, ORTHANC_PASSWORD, ORTHANC_USER,
-                           OrthancServer, dciodvfy_errors, fanet_infer_png, free_port, smooth_rgb)
+                           OrthancServer, dciodvfy_errors, fanet_infer_png, smooth_rgb)
 from fanet_monai.cli import FanetCLI
 from fanet_monai.dicom.pacs import ENV_PASSWORD, ENV_TOKEN, ENV_USERNAME, PacsSegmenter, PacsUnavailable, \
     connect, load_credentials
@@ -149,7 +149,7 @@ def test_wrong_credentials_are_a_clear_error_without_the_password(orthanc, predi
 
 @needs_orthanc
 @pytest.mark.slow
-def test_round_trip_through_orthanc(orthanc, tiny_bundle_root, tmp_path, monkeypatch, capsys, caplog):
+def test_round_trip_through_orthanc(orthanc, tiny_bundle_root, predictor, tmp_path, monkeypatch, capsys, caplog):
     monkeypatch.setenv(ENV_USERNAME, ORTHANC_USER)
     monkeypatch.setenv(ENV_PASSWORD, ORTHANC_PASSWORD)
     monkeypatch.delenv(ENV_TOKEN, raising=False)
@@ -212,6 +212,11 @@ def test_round_trip_through_orthanc(orthanc, tiny_bundle_root, tmp_path, monkeyp
     assert len(orthanc.seg_instances()) == 5
     for secret in (*PHI, ORTHANC_PASSWORD):
         assert secret not in logged
+
+    segmenter = PacsSegmenter(connect(orthanc.dicomweb, CREDENTIALS), predictor)  # as in --watch: one session
+    assert len(segmenter.run_once().failed) == 2
+    again = segmenter.run_once()  # a bad source is reported once per session, not at every poll
+    assert again.failed == [] and again.done == 0 and len(orthanc.seg_instances()) == 5
 
 
 @needs_orthanc

@@ -138,6 +138,8 @@ class PacsSegmenter:
         self.client, self.predictor = client, predictor
         self.settings = settings or predictor.config("dicom_seg") or SegSettings()
         self.fractional = fractional
+        #: SOP Instance UIDs that failed for their content in this session: reported once, not retried each poll
+        self.rejected: set[str] = set()
 
     def _search(self, filters: dict[str, str], fields: list[str]) -> list[dict]:
         """QIDO-RS instance search, all pages (dicomweb-client's ``get_remaining``)."""
@@ -168,6 +170,8 @@ class PacsSegmenter:
                         ds.SOPInstanceUID in seen:
                     continue
                 seen.add(ds.SOPInstanceUID)
+                if ds.SOPInstanceUID in self.rejected:
+                    continue
                 if ds.SOPClassUID is None or not set(seg_uids(ds, self.predictor.identity)[1]) <= done:
                     pending.append(ds)
         return pending
@@ -187,9 +191,11 @@ class PacsSegmenter:
         except PacsUnavailable:
             raise
         except SourceError as error:
+            self.rejected.add(uid)
             summary.fail(SourceError(error.reason, uid))
             return
         except Exception as error:  # one bad instance must not stop the others
+            self.rejected.add(uid)
             summary.fail(SourceError(f"{type(error).__name__}: {error}", uid))
             return
         with _pacs_call(f"STOW-RS of the SEG for SOP Instance UID {uid}"):
@@ -230,7 +236,7 @@ class PacsSegmenter:
     def watch(self, interval: float = 10.0, stop: threading.Event | None = None) -> int:
         """Poll every ``interval`` seconds until ``stop`` is set (SIGINT/SIGTERM set it when called from the main
         thread). Returns 1 if any source failed during the session, else 0; an unreachable PACS is logged and
-        retried at the next poll."""
+        retried at the next poll; a source rejected for its content is reported once, not at every poll."""
         stop = stop or threading.Event()
         failed = False
         with _stop_on_signals(stop):
