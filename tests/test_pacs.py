@@ -113,6 +113,19 @@ def test_unreachable_pacs_is_retried_then_reported(predictor):
     assert len(attempts) == 3  # first try + 2 retries, then a clear error
 
 
+def test_cli_exit_code_2_when_the_pacs_stays_unreachable(tiny_bundle_root, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(SystemExit) as info:
+        fire.Fire(FanetCLI, command=[*cli_args(f"http://127.0.0.1:{port}/dicom-web", tiny_bundle_root),
+                                     "--retries", "1", "--backoff", "0.01"])
+    assert info.value.code == 2
+    assert "QIDO-RS search: PACS unreachable after retries" in capsys.readouterr().out
+
+
 def test_5xx_answers_are_retried_with_backoff_then_reported(predictor):
     hits = []
 
