@@ -277,3 +277,24 @@ def test_isbi_slices_as_monochrome_and_jpeg_dicom_match_fanet_infer(tmp_path, ti
     for name, ds in sources.items():
         seg = hd.seg.segread(tmp_path / "out" / f"{ds.SOPInstanceUID}.seg.dcm")
         assert np.array_equal(seg.pixel_array.reshape(H, W).astype(bool), expected[name]), name
+
+
+def test_inference_config_keeps_the_monai_deploy_contract(tmp_path, tiny_bundle_root, rgb):
+    """MONAI Deploy's MonaiBundleInferenceOperator (not installed: it needs holoscan) reads the ids preprocessing,
+    inferer, postprocessing and device, calls ``inferer(inputs=..., network=...)`` with keywords and hands the
+    postprocessing an item without the batch dimension: the channel dimension must survive it."""
+    import torch
+
+    from fanet_monai.dicom.predictor import BundlePredictor
+
+    predictor = BundlePredictor(tiny_bundle_root, **INFER)
+    for id in ("preprocessing", "inferer", "postprocessing", "device"):
+        assert id in predictor.workflow.parser
+    item = predictor._load(save(make_source(rgb, "ES"), tmp_path / "es.dcm"), None)
+    with torch.no_grad():
+        logits = predictor.inferer(inputs=item["image"][None], network=predictor.network)
+    assert logits.shape == (1, 1, 64, 64)
+    out = {"image": item["image"], "pred": logits[0]}
+    for transform in predictor.postprocessing:
+        out = transform(out)
+    assert out["pred"].shape == (1, W, H)  # channel kept, back at the source size (reader's W, H order)
