@@ -1,167 +1,300 @@
-"""Does the feedback pay off? Training-mask sources and test-time options of FANet against MONAI's BasicUNet.
+"""Does the feedback earn its cost? FANet training/test options against MONAI baselines, over folds and seeds.
 
-Every configuration is trained by the bundle (``bundle/configs/train.json``) with one budget (epochs, batch, lr,
-size, augmentation) and evaluated by the evaluation bundle on the same hold-out, pass by pass. Data: the ISBI 2012
-EM slices, 00-23 training and 24-29 hold-out, with the **membranes as foreground** (masks inverted: thin dark
-structures, where the paper's "brighter than Otsu" start is poor) and with the paper's polarity (cell interiors).
+Every configuration is trained by the bundle (``bundle/configs/train.json``) and evaluated pass by pass by the
+evaluation bundle on a held-out fold, with Dice and the connectivity metrics (clDice, Betti-0 error; see
+:mod:`fanet_monai.topology`). Data sets: the ISBI 2012 EM slices with the **membranes as foreground** (thin dark
+structures) and with the paper's polarity (cell interiors), and a synthetic thin-structure set
+(:func:`fanet_monai.data.make_thin_structure_dataset`: branching 1-4 px curves with gaps).
 
-    python benchmarks/feedback_study.py                         # both polarities, all configurations
-    python benchmarks/feedback_study.py --polarity membrane --configs basicunet b4_paper b4_unrolled2
-    python benchmarks/feedback_study.py --smoke                 # tiny synthetic run of the whole pipeline (CI)
+Folds are contiguous blocks of ``--fold-size`` images (ISBI: 6 slices; train on the rest). A *run* is one
+(data set, configuration, fold, seed); each finished run is appended to ``WORKDIR/runs.jsonl`` and skipped when the
+study is started again, so an interrupted study resumes. The report gives, per data set and configuration, the mean
+± sd over runs of Dice / clDice / Betti-0 error per pass and the **paired** difference to BasicUNet and to FANet B1
+(same fold and seed) with a 95 % t-interval; an interval that contains 0 is "inside the noise".
+
+Budgets: ``--budget epochs`` trains every configuration for ``--epochs``; ``--budget time`` gives every baseline the
+training seconds that the bundle's default FANet took on the same fold and seed (``max_train_seconds``).
+
+    python benchmarks/feedback_study.py --stage screen              # every configuration on fold 0, seed 0
+    python benchmarks/feedback_study.py --stage final --configs b4_default b4_unrolled3 b4_random_k \\
+        --folds 0 2 4 --seeds 0 1                                    # the best three + baselines, 6 runs each
+    python benchmarks/feedback_study.py --report --workdir runs/study  # tables + Dice-vs-pass plot from runs.jsonl
+    python benchmarks/feedback_study.py --smoke                      # tiny synthetic run of every step (CI)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterable, List
 
 import numpy as np
 from PIL import Image
+from scipy import stats
 
 from fanet_monai.bundle import bundle_configs, run_workflow
-from fanet_monai.data import make_synthetic_dataset
+from fanet_monai.data import make_synthetic_dataset, make_thin_structure_dataset
 
 SHARED_EM = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em"
+METRICS = ("f1", "cldice", "betti0_error")
 
-BASICUNET = {
-    "_target_": "fanet_monai.networks.ImageOnlyNetwork",
-    "network": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1},
-}
 
-# the paper's procedure, spelled out: the bundle's defaults are the study's winner (mixed masks + unrolled K=2)
+def _image_only(network: dict) -> dict:
+    return {"_target_": "fanet_monai.networks.ImageOnlyNetwork", "network": network}
+
+
+BASICUNET = _image_only({"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1})
+# BasicUNet widened to FANet B4's parameter count (7.66 M vs 7.72 M): "bigger backbone" vs "feedback"
+BASICUNET_WIDE = _image_only({"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1,
+                              "features": [63, 63, 126, 252, 504, 63]})
+ATTENTION_UNET = _image_only({"_target_": "AttentionUnet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1,
+                              "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2]})
+
+# the paper's procedure, spelled out: the bundle's defaults are the previous study's winner
 PAPER = {"mask_source": "previous", "unroll_passes": 1, "start_mask": "otsu"}
+SINGLE_PASS = dict(PAPER, mask_source="initial")
 
-# name -> (description, training/test overrides, evaluation passes)
-CONFIGS: Dict[str, tuple] = {
-    "basicunet": ("MONAI BasicUNet (no feedback)", dict(PAPER, network_def=BASICUNET), 1),
-    "b1": ("FANet B1 (no MixPool)", dict(PAPER, **{"network_def#variant": "B1"}), 1),
-    "b4_paper": ("FANet B4, paper: previous-epoch masks, Otsu start", dict(PAPER), 10),
-    "b4_straight_through": (
-        "B4 paper + straight-through MixPool", dict(PAPER, **{"network_def#straight_through": True}), 10
-    ),
-    "b4_otsu_inverted": ("B4 paper, Otsu-inverted start (train + test)", dict(PAPER, start_mask="otsu_inverted"), 10),
-    "b4_empty_start": ("B4 paper, empty start (train + test)", dict(PAPER, start_mask="empty"), 10),
-    "b4_mixed": ("B4, mixed training masks (prev/perturbed/Otsu/empty)", dict(PAPER, mask_source="mixed"), 10),
-    "b4_unrolled2": (
-        "B4, unrolled K=2 from the start mask", {"mask_source": "initial", "unroll_passes": 2}, 10
-    ),
-    "b4_unrolled3_all": (
-        "B4, unrolled K=3, loss on every pass",
-        {"mask_source": "initial", "unroll_passes": 3, "loss_on_every_pass": True},
-        10,
-    ),
-    "b4_mixed_unrolled2": (
-        "B4, mixed masks + unrolled K=2 (bundle default)",
-        {"mask_source": "mixed", "unroll_passes": 2},
-        10,
-    ),
-    "b4_mixed_st": (
-        "B4, mixed masks + straight-through",
-        dict(PAPER, mask_source="mixed", **{"network_def#straight_through": True}),
-        10,
-    ),
+#: name -> (description, training/test overrides, evaluation passes); baselines are single-pass networks
+BASELINES: Dict[str, tuple] = {
+    "basicunet": ("MONAI BasicUNet (1.98 M)", dict(SINGLE_PASS, network_def=BASICUNET), 1),
+    "basicunet_wide": ("MONAI BasicUNet at FANet's size (7.66 M)", dict(SINGLE_PASS, network_def=BASICUNET_WIDE), 1),
+    "attention_unet": ("MONAI AttentionUnet (1.99 M)", dict(SINGLE_PASS, network_def=ATTENTION_UNET), 1),
+    "b1": ("FANet B1 (no MixPool, 1 pass)", dict(PAPER, **{"network_def#variant": "B1"}), 1),
 }
+CONFIGS: Dict[str, tuple] = {
+    **BASELINES,
+    "b4_paper": ("FANet B4, paper procedure (previous-epoch masks)", dict(PAPER), 10),
+    "b4_default": ("FANet B4, bundle default (mixed masks + unrolled K=2)", {}, 10),
+    "b4_loss_every_pass": ("B4 default + loss on every unrolled pass", {"loss_on_every_pass": True}, 10),
+    "b4_unrolled3": ("B4, mixed masks + unrolled K=3", {"unroll_passes": 3}, 10),
+    "b4_random_k": ("B4, mixed masks + unrolled K in {1,2,3} per step", {"unroll_passes": "random3"}, 10),
+    "b4_probability": ("B4 default, probability feedback (train + test)", {"feedback_mode": "probability"}, 10),
+    "b4_empty_start": ("B4 default, empty start mask (train + test)", {"start_mask": "empty"}, 10),
+    "b4_degraded": ("B4, degraded-label masks in the training mix", {"mask_source": "mixed_degraded"}, 10),
+}
+#: the run whose training seconds set the equal-time budget of the baselines
+TIME_REFERENCE = "b4_default"
 
 
-def prepare_data(source: Path, out: Path, membrane: bool) -> Path:
-    """Copy of ``source`` (images/ + masks/) with the masks inverted when ``membrane`` (membranes = foreground)."""
+def prepare_data(name: str, work: Path, source: Path, num_synthetic: int, size: int) -> Path:
+    """``work/data_NAME`` with images/ + masks/: ISBI with either polarity, or the synthetic thin structures."""
+    out = work / f"data_{name}"
+    if name == "thin":
+        return out if (out / "images").is_dir() else make_thin_structure_dataset(out, num_synthetic, size, size)
+    if not (source / "images").is_dir():
+        raise SystemExit(f"{source}: ISBI data not found (images/ + masks/); pass --data or use --datasets thin.")
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     for image in sorted((source / "images").iterdir()):
         target = out / "images" / image.name
         if not target.exists():
             target.symlink_to(image.resolve())
-        mask = np.asarray(Image.open(source / "masks" / image.name).convert("L"))
-        mask = np.where(mask > 127, 0, 255) if membrane else np.where(mask > 127, 255, 0)
-        Image.fromarray(mask.astype(np.uint8)).save(out / "masks" / image.name)
+        mask = np.asarray(Image.open(source / "masks" / image.name).convert("L")) > 127
+        mask = ~mask if name == "membrane" else mask
+        Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / image.name)
     return out
 
 
-def run_config(name: str, data: Path, work: Path, common: dict) -> dict:
-    description, overrides, passes = CONFIGS[name]
-    root = work / name
-    settings = dict(common, bundle_root=str(root), **overrides)
+def fold_datalist(data: Path, fold: int, fold_size: int, out: Path) -> Path:
+    """A MONAI datalist JSON: images ``fold*fold_size ..`` (sorted, contiguous) validate, the rest train."""
+    images = sorted((data / "images").iterdir())
+    if (fold + 1) * fold_size > len(images):
+        raise SystemExit(f"fold {fold} of {fold_size} images needs {(fold + 1) * fold_size}; {data} has {len(images)}.")
+    items = [{"image": str(p), "label": str(data / "masks" / p.name)} for p in images]
+    held = set(range(fold * fold_size, (fold + 1) * fold_size))
+    lists = {"training": [it for i, it in enumerate(items) if i not in held],
+             "validation": [it for i, it in enumerate(items) if i in held]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(lists, indent=1))
+    return out
+
+
+def run_one(config: str, dataset: str, fold: int, seed: int, datalist: Path, work: Path, common: dict,
+            max_train_seconds: float | None = None) -> dict:
+    """Train and evaluate one run; returns its record (per-pass means, training seconds)."""
+    description, overrides, passes = CONFIGS[config]
+    root = work / dataset / config / f"fold{fold}_seed{seed}" / ("time" if max_train_seconds else "epochs")
+    settings = dict(common, bundle_root=str(root), datalist=str(datalist), seed=seed, **overrides)
+    if max_train_seconds:
+        settings["max_train_seconds"] = max_train_seconds
     start = time.time()
-    run_workflow(bundle_configs("train"), "training", **settings)
+    training = run_workflow(bundle_configs("train"), "training", **settings)
     train_s = time.time() - start
-    workflow = run_workflow(
+    epochs = int(training.parser.get_parsed_content("train#trainer").state.epoch)
+    evaluation = run_workflow(
         bundle_configs("train", "evaluate"), "evaluating",
-        **dict(settings, num_passes=passes, num_qualitative=0, check_data=False),  # checked before training
+        **dict(settings, num_passes=passes, num_qualitative=0, check_data=False,
+               **{"evaluate#pass_metrics#metrics": ["jaccard", "f1", *METRICS[1:]]}),
     )
-    rows = workflow.parser.get_parsed_content("evaluate#pass_metrics").rows
-    return {"name": name, "description": description, "rows": rows, "train_s": train_s,
-            "total_s": time.time() - start}
+    rows = evaluation.parser.get_parsed_content("evaluate#pass_metrics").rows
+    return {"dataset": dataset, "config": config, "fold": fold, "seed": seed, "description": description,
+            "budget": "time" if max_train_seconds else "epochs", "epochs": epochs, "train_s": round(train_s, 1),
+            "rows": rows}
 
 
-def print_table(title: str, results: List[dict]) -> None:
-    passes = max(len([r for r in res["rows"] if r["pass"] != "early_stop"]) for res in results)
-    print(f"\n### {title}\n")
-    header = ["configuration"] + [f"Dice p{k}" for k in range(1, passes + 1)]
-    header += ["Dice early stop (passes)", "IoU last", "Rec last", "Prec last", "train s"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for res in results:
-        per_pass = [r for r in res["rows"] if r["pass"] != "early_stop"]
-        early = next(r for r in res["rows"] if r["pass"] == "early_stop")
-        last = per_pass[-1]
-        cells = [res["description"]]
-        cells += [f"{per_pass[k]['f1']:.3f}" if k < len(per_pass) else "–" for k in range(passes)]
-        cells += [f"{early['f1']:.3f} ({early['mean_passes']:.1f})", f"{last['jaccard']:.3f}",
-                  f"{last['recall']:.3f}", f"{last['precision']:.3f}", f"{res['train_s']:.0f}"]
-        print("| " + " | ".join(cells) + " |")
+def load_runs(path: Path) -> List[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _per_pass(record: dict, metric: str) -> List[float]:
+    return [float(r[metric]) for r in record["rows"] if r["pass"] != "early_stop"]
+
+
+def _early(record: dict, metric: str) -> float:
+    return float(next(r[metric] for r in record["rows"] if r["pass"] == "early_stop"))
+
+
+def mean_sd(values: Iterable[float]) -> str:
+    v = np.asarray(list(values), dtype=float)
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if v.size > 1 else f"{v.mean():.3f}"
+
+
+def paired_difference(a: List[float], b: List[float]) -> str:
+    """Mean of ``a - b`` over paired runs with a 95 % t-interval; ``*`` marks an interval that excludes 0."""
+    d = np.asarray(a) - np.asarray(b)
+    if d.size < 2:
+        return f"{d.mean():+.3f}"
+    half = stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
+    real = "*" if abs(d.mean()) > half else ""
+    return f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]{real}"
+
+
+def report(runs: List[dict], plot: Path | None = None) -> str:
+    """Markdown tables per (data set, budget) and, with ``plot``, the Dice-vs-pass PNG with sd error bars."""
+    lines = []
+    groups = sorted({(r["dataset"], r["budget"]) for r in runs if r["config"] in BASELINES or r["budget"] == "epochs"})
+    for dataset, budget in groups:
+        rs = [r for r in runs if r["dataset"] == dataset and r["budget"] == budget]
+        if budget == "time":  # FANet keeps its epochs; the baselines got its seconds
+            rs += [r for r in runs if r["dataset"] == dataset and r["budget"] == "epochs" and r["config"] not in BASELINES]
+        keyed = {(r["config"], r["fold"], r["seed"]): r for r in rs}
+        configs = [c for c in CONFIGS if any(r["config"] == c for r in rs)]
+        lines += [f"\n### {dataset}, equal {budget} ({len({(r['fold'], r['seed']) for r in rs})} fold×seed runs)\n",
+                  "| configuration | runs | Dice p1 | Dice p10 | Dice early stop (passes) | clDice p1 | clDice last "
+                  "| Betti-0 err p1 | Betti-0 err last | Δ Dice vs BasicUNet [95 % CI] | Δ Dice vs B1 [95 % CI] "
+                  "| train s |", "|" + "---|" * 12]
+        for config in configs:
+            mine = [r for r in rs if r["config"] == config]
+            last = [_per_pass(r, "f1")[-1] for r in mine]
+            cells = [CONFIGS[config][0], str(len(mine)), mean_sd(_per_pass(r, "f1")[0] for r in mine),
+                     mean_sd(last) if CONFIGS[config][2] > 1 else "–",
+                     f"{mean_sd(_early(r, 'f1') for r in mine)} ({np.mean([_early(r, 'mean_passes') for r in mine]):.1f})",
+                     mean_sd(_per_pass(r, "cldice")[0] for r in mine), mean_sd(_per_pass(r, "cldice")[-1] for r in mine),
+                     mean_sd(_per_pass(r, "betti0_error")[0] for r in mine),
+                     mean_sd(_per_pass(r, "betti0_error")[-1] for r in mine)]
+            for baseline in ("basicunet", "b1"):
+                pairs = [(r, keyed.get((baseline, r["fold"], r["seed"]))) for r in mine]
+                pairs = [(a, b) for a, b in pairs if b is not None]
+                cells.append(paired_difference([_early(a, "f1") for a, _ in pairs], [_early(b, "f1") for _, b in pairs])
+                             if pairs and config != baseline else "–")
+            cells.append(f"{np.mean([r['train_s'] for r in mine]):.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    if plot is not None and runs:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+        for ax, (dataset, budget) in zip(axes[0], groups):
+            for config in CONFIGS:
+                run_budget = budget if config in BASELINES else "epochs"
+                mine = [r for r in runs if (r["dataset"], r["budget"], r["config"]) == (dataset, run_budget, config)]
+                if not mine:
+                    continue
+                curves = np.array([_per_pass(r, "f1") for r in mine])
+                x = np.arange(1, curves.shape[1] + 1)
+                sd = curves.std(axis=0, ddof=1) if len(mine) > 1 else np.zeros(curves.shape[1])
+                ax.errorbar(x, curves.mean(axis=0), yerr=sd, marker="o", ms=3, capsize=2, label=config)
+            ax.set(title=f"{dataset} (equal {budget})", xlabel="refinement pass", ylabel="Dice (mean ± sd over runs)")
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(plot, dpi=120)
+        lines.append(f"\nplot: {plot}")
+    return "\n".join(lines)
 
 
 def main(argv: List[str] | None = None) -> List[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(SHARED_EM), help="images/ + masks/ folder (default: ISBI 2012 EM)")
-    parser.add_argument("--polarity", choices=["membrane", "paper", "both"], default="both")
+    parser.add_argument("--data", default=str(SHARED_EM), help="ISBI images/ + masks/ folder")
+    parser.add_argument("--datasets", nargs="*", default=["membrane", "paper", "thin"])
+    parser.add_argument("--stage", choices=["screen", "final"], default="screen",
+                        help="screen: every configuration on the first fold and seed; final: --configs + baselines")
     parser.add_argument("--configs", nargs="*", default=None, help=f"subset of {list(CONFIGS)}")
-    parser.add_argument("--paper-configs", nargs="*", default=["basicunet", "b4_paper", "b4_mixed", "b4_unrolled2"],
-                        help="configurations also run with the paper's polarity")
+    parser.add_argument("--folds", type=int, nargs="*", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0])
+    parser.add_argument("--fold-size", type=int, default=6)
+    parser.add_argument("--budget", choices=["epochs", "time", "both"], default="epochs")
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=14)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--report", action="store_true", help="only print the report of WORKDIR/runs.jsonl")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic run of every step (for CI)")
     args = parser.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fanet_study_"))
-    common = {
-        "image_size": [args.size, args.size], "max_epochs": args.epochs, "batch_size": args.batch,
-        "learning_rate": args.learning_rate, "show_progress": False, "split_mode": "last", "val_fraction": 0.2,
-    }
-    configs = args.configs or list(CONFIGS)
-    source = Path(args.data)
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "runs.jsonl"
+    if args.report:
+        print(report(load_runs(log), work / "dice_per_pass.png"))
+        return load_runs(log)
+    common = {"image_size": [args.size, args.size], "max_epochs": args.epochs, "batch_size": args.batch,
+              "learning_rate": args.learning_rate, "show_progress": False}
+    num_synthetic = 30
     if args.smoke:
-        source = make_synthetic_dataset(work / "synthetic", 10, 32, 32, seed=0)
-        common.update(image_size=[32, 32], max_epochs=1, num_workers=0, num_passes=2, batch_size=4,
+        args.datasets, args.folds, args.seeds, args.fold_size, num_synthetic = ["thin"], [0, 1], [0], 3, 8
+        common.update(image_size=[32, 32], max_epochs=1, num_workers=0, batch_size=4, num_passes=2,
                       **{"network_def#channels": [8, 16, 16, 16]})
-        configs = args.configs or ["b4_paper", "b4_unrolled2"]
-    elif not (source / "images").is_dir():
-        raise SystemExit(f"{source}: dataset not found (images/ + masks/); pass --data.")
-    polarities = ["membrane", "paper"] if args.polarity == "both" else [args.polarity]
-    all_results = []
-    for polarity in polarities:
-        data = prepare_data(source, work / f"data_{polarity}", membrane=polarity == "membrane")
-        names = configs if polarity == "membrane" or args.polarity != "both" else [
-            c for c in args.paper_configs if c in configs]
-        results = []
-        for name in names:
-            overrides = dict(common, dataset_dir=str(data))
-            if args.smoke and name in ("basicunet",):
-                overrides.pop("network_def#channels")
-            results.append(run_config(name, data, work / polarity, overrides))
-            print(f"done: {polarity} / {name} in {results[-1]['total_s']:.0f} s", flush=True)
-        print_table(f"{polarity} polarity: {args.epochs} epochs at {args.size}², batch {args.batch}, "
-                    f"lr {args.learning_rate}, hold-out = last 20 % of slices", results)
-        all_results += [dict(r, polarity=polarity) for r in results]
-    (work / "study.json").write_text(json.dumps(all_results, indent=1, default=str))
-    print(f"\nresults: {work / 'study.json'}")
-    return all_results
+        args.configs = args.configs or ["basicunet", "b1", "b4_default"]
+        args.budget = "both"
+    if args.stage == "screen" and not args.smoke:
+        args.folds, args.seeds = args.folds[:1], args.seeds[:1]
+    configs = args.configs or list(CONFIGS)
+    if args.stage == "final":
+        configs = list(dict.fromkeys([*BASELINES, *configs]))
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown configurations {unknown}; choose from {list(CONFIGS)}.")
+    budgets = ["epochs", "time"] if args.budget == "both" else [args.budget]
+    done = {(r["dataset"], r["config"], r["fold"], r["seed"], r["budget"]) for r in load_runs(log)}
+    # the time reference runs first in each (fold, seed) so the baselines can be given its seconds
+    order = sorted(configs, key=lambda c: c != TIME_REFERENCE)
+    for dataset in args.datasets:
+        data = prepare_data(dataset, work, Path(args.data), num_synthetic, args.size)
+        for fold in args.folds:
+            datalist = fold_datalist(data, fold, args.fold_size, work / "datalists" / f"{dataset}_fold{fold}.json")
+            for seed in args.seeds:
+                for budget in budgets:
+                    for config in order:
+                        if (dataset, config, fold, seed, budget) in done:
+                            continue
+                        seconds = None
+                        if budget == "time":
+                            if config == TIME_REFERENCE or config not in BASELINES:
+                                continue  # equal time is the baselines' budget; FANet keeps its epochs
+                            ref = [r for r in load_runs(log) if (r["dataset"], r["config"], r["fold"], r["seed"],
+                                   r["budget"]) == (dataset, TIME_REFERENCE, fold, seed, "epochs")]
+                            if not ref:
+                                raise SystemExit(f"equal-time runs need {TIME_REFERENCE} on {dataset} fold {fold} "
+                                                 f"seed {seed} first: include it in --configs.")
+                            seconds = ref[0]["train_s"]
+                            common_b = dict(common, max_epochs=100 * args.epochs)  # the clock stops it
+                        else:
+                            common_b = common
+                        record = run_one(config, dataset, fold, seed, datalist, work, common_b, seconds)
+                        with log.open("a") as f:
+                            f.write(json.dumps(record, default=float) + "\n")
+                        print(f"done: {dataset} {config} fold {fold} seed {seed} ({budget}): "
+                              f"Dice p1 {_per_pass(record, 'f1')[0]:.3f}, {record['train_s']:.0f} s", flush=True)
+    print(report(load_runs(log), work / "dice_per_pass.png"))
+    print(f"\nruns: {log}")
+    return load_runs(log)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from fanet_monai.data.files import IMAGE_SUFFIXES, NIFTI_SUFFIXES, DataCheckErro
 from fanet_monai.data.images import image_datalist, mask_output_ext
 from fanet_monai.data.layouts import LAYOUTS, prepare
 from fanet_monai.data.readers import BitmapReader
-from fanet_monai.data.synthetic import make_synthetic_dataset
+from fanet_monai.data.synthetic import make_synthetic_dataset, make_thin_structure_dataset
 
 __all__ = [
     "BitmapReader",
@@ -23,6 +23,7 @@ __all__ = [
     "image_datalist",
     "load_datalist",
     "make_synthetic_dataset",
+    "make_thin_structure_dataset",
     "mask_output_ext",
     "prepare",
     "split_items",
