@@ -28,10 +28,15 @@ from typing import Dict, List, Sequence
 import torch
 from monai.metrics import Cumulative, compute_confusion_matrix_metric, get_confusion_matrix
 
-__all__ = ["PAPER_METRICS", "fbeta_from_confusion", "segmentation_metrics", "PassWiseMetrics"]
+from fanet_monai.topology import CONNECTIVITY_METRICS, connectivity_metrics
+
+__all__ = ["ALL_METRICS", "PAPER_METRICS", "fbeta_from_confusion", "segmentation_metrics", "PassWiseMetrics"]
 
 # Paper Table IX column order: mIoU, F1, Rec, Prec, Spec, Acc, F2.
 PAPER_METRICS: tuple[str, ...] = ("jaccard", "f1", "recall", "precision", "specificity", "accuracy", "f2")
+#: every name :func:`segmentation_metrics` accepts: the paper's, then the connectivity metrics of
+#: :mod:`fanet_monai.topology` (clDice, Betti-0 error, components; computed on the CPU with scikit-image).
+ALL_METRICS: tuple[str, ...] = PAPER_METRICS + CONNECTIVITY_METRICS
 
 # metric name -> MONAI ``compute_confusion_matrix_metric`` name (F2 is computed here, see ``fbeta_from_confusion``)
 _MONAI_NAMES: Dict[str, str] = {
@@ -71,7 +76,7 @@ def segmentation_metrics(
         pred: ``(B, 1, *spatial)`` prediction; binarized as ``pred > 0.5`` (booleans, {0, 1} masks and probability
             maps are all accepted).
         target: ``(B, 1, *spatial)`` ground truth, binarized the same way.
-        metrics: names from :data:`PAPER_METRICS` to compute (default: all, in the paper's order).
+        metrics: names from :data:`ALL_METRICS` to compute (default: the paper's seven, in the paper's order).
 
     Returns:
         ``{name: (B,) float32 tensor}`` on ``pred``'s device, one value per image. Zero denominators follow the
@@ -80,9 +85,9 @@ def segmentation_metrics(
     Raises:
         ValueError: on shape mismatch, a channel count other than 1, no spatial dimension, or an unknown name.
     """
-    unknown = [m for m in metrics if m not in PAPER_METRICS]
+    unknown = [m for m in metrics if m not in ALL_METRICS]
     if unknown:
-        raise ValueError(f"unknown metrics {unknown}; valid names: {list(PAPER_METRICS)}.")
+        raise ValueError(f"unknown metrics {unknown}; valid names: {list(ALL_METRICS)}.")
     if pred.shape != target.shape:
         raise ValueError(
             f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}."
@@ -96,13 +101,18 @@ def segmentation_metrics(
     fallback = identical.float()
 
     results: Dict[str, torch.Tensor] = {}
+    if any(name in CONNECTIVITY_METRICS for name in metrics):
+        topology = connectivity_metrics(y_pred, y)
+        results.update({name: v.to(pred.device) for name, v in topology.items() if name in metrics})
     for name in metrics:
+        if name in CONNECTIVITY_METRICS:
+            continue
         if name == "f2":
             value = fbeta_from_confusion(confusion, beta=2.0)
         else:
             value = compute_confusion_matrix_metric(_MONAI_NAMES[name], confusion)
         results[name] = torch.where(torch.isnan(value), fallback, value).float()
-    return results
+    return {name: results[name] for name in metrics}
 
 
 class PassWiseMetrics(Cumulative):
@@ -120,13 +130,13 @@ class PassWiseMetrics(Cumulative):
         table = metric.aggregate()  # table[k]["jaccard"] = mean Jaccard after pass k + 1
 
     Args:
-        metrics: names from :data:`PAPER_METRICS` (default: all, in the paper's order).
+        metrics: names from :data:`ALL_METRICS` (default: the paper's seven, in the paper's order).
     """
 
     def __init__(self, metrics: Sequence[str] = PAPER_METRICS) -> None:
-        unknown = [m for m in metrics if m not in PAPER_METRICS]
+        unknown = [m for m in metrics if m not in ALL_METRICS]
         if unknown:
-            raise ValueError(f"unknown metrics {unknown}; valid names: {list(PAPER_METRICS)}.")
+            raise ValueError(f"unknown metrics {unknown}; valid names: {list(ALL_METRICS)}.")
         if len(metrics) == 0:
             raise ValueError("metrics must name at least one metric.")
         self.metrics: tuple[str, ...] = tuple(metrics)

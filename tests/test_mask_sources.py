@@ -165,6 +165,7 @@ def test_unrolled_and_mixed_training_run_in_the_bundle(tmp_path, tiny_training):
     assert wf.parser.get_parsed_content("validate#inferer").start_mask == "otsu_inverted"
 
 
+<<<<<<< HEAD
 def test_feedback_study_smoke(tmp_path, capsys):
     results = feedback_study(["--smoke", "--workdir", str(tmp_path), "--polarity", "membrane"])
     assert [r["name"] for r in results] == ["b4_paper", "b4_unrolled2"]
@@ -185,3 +186,20 @@ def test_probability_feedback_training_without_augmentation_runs_in_the_bundle(t
     assert trainer.state.epoch == 1 and np.isfinite(float(trainer.state.output[0]["loss"]))
     cache = wf.parser.get_parsed_content("feedback_cache")
     assert len(cache) == 5 and all(set(np.unique(cache.get(k))) <= {0, 1} for k in cache.keys())  # stored binarized
+=======
+def test_unrolled_inferer_random_passes_draws_every_k_and_trains_the_last():
+    net = RecordingNet()
+    inferer = UnrolledFeedbackInferer(num_passes=3, random_passes=True)
+    images, mask = torch.zeros(1, 3, 9, 9), torch.zeros(1, 1, 9, 9)
+    torch.manual_seed(0)
+    counts = Counter()
+    for _ in range(60):
+        net.calls.clear()
+        out = inferer(images, net, mask=mask)
+        counts[len(net.calls)] += 1
+        assert [grad for grad, _ in net.calls] == [False] * (len(net.calls) - 1) + [True]
+        assert out.shape == (1, 1, 9, 9)
+    assert set(counts) == {1, 2, 3} and min(counts.values()) >= 10
+    with pytest.raises(ValueError, match="cannot be combined"):
+        UnrolledFeedbackInferer(num_passes=3, random_passes=True, loss_on_every_pass=True)
+>>>>>>> 097abed (Study features: connectivity metrics in the pass-wise evaluation (eval_metrics), a training time budget for equal wall-clock runs, random unroll depth K in {1..K}; study smoke test (<30 s) with resume and equal-time runs)

@@ -250,7 +250,7 @@ class PassWiseEvaluationHandler:
         last = rows[-2]
         self.logger.info(
             f"{last['n_images']} images, {len(table)} passes: {last['seconds']:.2f} s inference time "
-            f"({last['images_per_s']:.2f} images/s), {self.wall_seconds:.2f} s in all.\n{markdown_metrics(rows)}"
+            f"({last['images_per_s']:.2f} images/s), {self.wall_seconds:.2f} s in all.\n{markdown_metrics(rows, self.metrics)}"
         )
         if self.output_dir is None or get_rank() != 0:
             return

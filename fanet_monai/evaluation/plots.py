@@ -16,7 +16,7 @@ import torch
 from monai.metrics import compute_dice
 from monai.utils import optional_import
 
-from fanet_monai.evaluation.reports import METRIC_LABELS
+from fanet_monai.evaluation.reports import CONNECTIVITY_LABELS, METRIC_LABELS
 from fanet_monai.metrics import PAPER_METRICS
 
 __all__ = ["has_matplotlib", "plot_metrics_per_pass", "plot_qualitative"]
@@ -40,7 +40,8 @@ def plot_metrics_per_pass(
     Args:
         rows: rows of :class:`PassWiseEvaluationHandler` (pass rows, optionally an ``early_stop`` row).
         path: PNG file to write.
-        metrics: metric names to draw.
+        metrics: metric names to draw; the counts (Betti-0 error, components) are left out of this 0-1 plot
+            (they are in the CSV).
 
     Returns:
         ``path``.
@@ -50,8 +51,9 @@ def plot_metrics_per_pass(
     fig = _figure(7.0, 4.5)
     ax = fig.add_subplot()
     x = [int(r["pass"]) for r in pass_rows]
-    for name in metrics:
-        (line,) = ax.plot(x, [r[name] for r in pass_rows], marker="o", markersize=3, label=METRIC_LABELS[name])
+    labels = {**METRIC_LABELS, "cldice": CONNECTIVITY_LABELS["cldice"]}
+    for name in (m for m in metrics if m in labels):
+        (line,) = ax.plot(x, [r[name] for r in pass_rows], marker="o", markersize=3, label=labels[name])
         if early and math.isfinite(early[0]["mean_passes"]):
             ax.plot([early[0]["mean_passes"]], [early[0][name]], marker="x", markersize=8, color=line.get_color())
     ax.set_xlabel("refinement pass")

@@ -11,7 +11,7 @@ from typing import Any
 
 from fanet_monai.metrics import PAPER_METRICS
 
-__all__ = ["METRIC_LABELS", "TABLE_IX_COLUMNS", "format_value", "markdown_metrics", "markdown_table", "rate",
+__all__ = ["CONNECTIVITY_LABELS", "METRIC_LABELS", "TABLE_IX_COLUMNS", "format_value", "markdown_metrics", "markdown_table", "rate",
            "write_metrics_csv"]
 
 #: Display names of :data:`~fanet_monai.metrics.PAPER_METRICS` (paper Table IX headers).
@@ -24,6 +24,8 @@ METRIC_LABELS: dict[str, str] = {
     "accuracy": "Acc",
     "f2": "F2",
 }
+#: Display names of the connectivity metrics (:mod:`fanet_monai.topology`).
+CONNECTIVITY_LABELS: dict[str, str] = {"cldice": "clDice", "betti0_error": "Betti-0 err", "components": "Components"}
 
 #: Columns of the ablation table (paper Table IX).
 TABLE_IX_COLUMNS: tuple[str, ...] = ("Method", *METRIC_LABELS.values(), "Param", "GMac", "FPS")
@@ -58,7 +60,8 @@ def write_metrics_csv(
 
 def markdown_metrics(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = PAPER_METRICS) -> str:
     """The per-pass rows as a markdown table (pass, metrics, mean passes)."""
-    header = ["Pass", *[METRIC_LABELS.get(m, m) for m in metrics], "Passes used"]
+    labels = {**METRIC_LABELS, **CONNECTIVITY_LABELS}
+    header = ["Pass", *[labels.get(m, m) for m in metrics], "Passes used"]
     body = [[str(r["pass"]), *[format_value(r[m]) for m in metrics], format_value(r["mean_passes"], 2)] for r in rows]
     return markdown_table(header, body)
 

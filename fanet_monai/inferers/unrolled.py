@@ -32,6 +32,9 @@ class UnrolledFeedbackInferer(Inferer):
             stacked along the channel dimension ``(B, num_passes, *spatial)`` (pass ``k`` in channel ``k - 1``), for
             :class:`~fanet_monai.losses.PassAveragedLoss`. Otherwise returns the last pass ``(B, 1, *spatial)``.
         start_mask: the first pass's mask when the call gives none (see :class:`IterativeRefinementInferer`).
+        random_passes: draw the number of passes of each call uniformly from ``1 .. num_passes`` (with
+            ``torch``'s generator, so ``set_determinism`` fixes it), so that training sees its own first, second
+            and later refinement passes; cannot be combined with ``loss_on_every_pass``.
 
     The fed masks themselves are never differentiated through (they are thresholded, or detached probabilities).
     """
@@ -43,15 +46,21 @@ class UnrolledFeedbackInferer(Inferer):
         threshold: float = 0.5,
         loss_on_every_pass: bool = False,
         start_mask: str | Callable[[torch.Tensor], torch.Tensor] = "otsu",
+        random_passes: bool = False,
     ) -> None:
         super().__init__()
         self.num_passes = check_num_passes(num_passes)
         check_feedback_mode(feedback)
         check_start_mask(start_mask, allow_callable=True)
+        if random_passes and loss_on_every_pass:
+            raise ValueError(
+                "random_passes and loss_on_every_pass cannot be combined (the number of returned passes would vary)."
+            )
         self.feedback = feedback
         self.threshold = float(threshold)
         self.loss_on_every_pass = bool(loss_on_every_pass)
         self.start_mask = start_mask
+        self.random_passes = bool(random_passes)
 
     def __call__(
         self,
@@ -76,9 +85,12 @@ class UnrolledFeedbackInferer(Inferer):
         """
         check_mask(inputs, mask)
         mask = start_mask(inputs, self.start_mask) if mask is None else mask.to(inputs.dtype)
+        num_passes = self.num_passes
+        if self.random_passes:
+            num_passes = int(torch.randint(1, self.num_passes + 1, (1,)).item())
         outputs = []
-        for k in range(1, self.num_passes + 1):
-            with_grad = torch.is_grad_enabled() and (k == self.num_passes or self.loss_on_every_pass)
+        for k in range(1, num_passes + 1):
+            with_grad = torch.is_grad_enabled() and (k == num_passes or self.loss_on_every_pass)
             with torch.set_grad_enabled(with_grad):
                 logits = network(torch.cat([inputs, mask], dim=1), *args, **kwargs)
             outputs.append(logits)
