@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,14 +14,7 @@ import fanet_monai.budget as budget_module
 from fanet_monai.budget import TrainingTimeBudget
 from fanet_monai.metrics import PassWiseMetrics, segmentation_metrics
 
-STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "feedback_study.py"
-
-
-def _study():
-    spec = importlib.util.spec_from_file_location("feedback_study", STUDY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmarks import feedback_study as study
 
 
 def test_time_budget_stops_before_an_epoch_would_overrun(monkeypatch):
@@ -64,14 +56,12 @@ def test_connectivity_metrics_through_the_paper_metric_interface():
 
 
 def test_paired_difference_marks_only_intervals_that_exclude_zero():
-    study = _study()
     assert study.paired_difference([0.80, 0.81, 0.82], [0.70, 0.70, 0.71]).endswith("*")
     assert not study.paired_difference([0.80, 0.70, 0.82], [0.75, 0.78, 0.79]).endswith("*")
     assert study.mean_sd([1.0, 3.0]) == "2.000 ± 1.414"
 
 
 def test_fold_datalist_holds_out_a_contiguous_block(tmp_path):
-    study = _study()
     (tmp_path / "images").mkdir()
     for i in range(9):
         (tmp_path / "images" / f"{i:02d}.png").touch()
@@ -85,7 +75,6 @@ def test_fold_datalist_holds_out_a_contiguous_block(tmp_path):
 
 @pytest.mark.slow
 def test_feedback_study_smoke(tmp_path, capsys):
-    study = _study()
     runs = study.main(["--smoke", "--workdir", str(tmp_path)])
     # 2 folds x 1 seed: every configuration at equal epochs, the baselines again at FANet's seconds
     keys = sorted((r["config"], r["fold"], r["budget"]) for r in runs)

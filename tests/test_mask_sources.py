@@ -1,5 +1,5 @@
 """Training mask sources (previous / initial / mixed with perturbations), unrolled training, pass-averaged loss,
-and the feedback study's smoke mode."""
+"""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from monai.data import MetaTensor
 from monai.losses import DiceCELoss
 from scipy import ndimage
 
-from benchmarks.feedback_study import main as feedback_study
 from fanet_monai.data import make_synthetic_dataset
 from fanet_monai.feedback import FeedbackMaskCache, otsu_mask_torch
 from fanet_monai.feedback.sources import DEFAULT_MIX, normalize_mix, perturb_mask
@@ -165,28 +164,6 @@ def test_unrolled_and_mixed_training_run_in_the_bundle(tmp_path, tiny_training):
     assert wf.parser.get_parsed_content("validate#inferer").start_mask == "otsu_inverted"
 
 
-<<<<<<< HEAD
-def test_feedback_study_smoke(tmp_path, capsys):
-    results = feedback_study(["--smoke", "--workdir", str(tmp_path), "--polarity", "membrane"])
-    assert [r["name"] for r in results] == ["b4_paper", "b4_unrolled2"]
-    printed = capsys.readouterr().out
-    assert "Dice p1" in printed and "FANet B4, paper" in printed
-    assert (tmp_path / "study.json").is_file()
-
-
-@pytest.mark.slow
-def test_probability_feedback_training_without_augmentation_runs_in_the_bundle(tmp_path, tiny_training):
-    data = make_synthetic_dataset(tmp_path / "data", num_images=6, height=32, width=32, seed=1)
-    wf = tiny_training(tmp_path / "run", data, image_size=[32, 32], max_epochs=1, feedback_mode="probability",
-                       unroll_passes=2, augmentation="none")
-    wf.run()
-    assert wf.parser.get_parsed_content("train#inferer").feedback == "probability"
-    assert wf.parser.get_parsed_content("validate#inferer").feedback == "probability"
-    trainer = wf.parser.get_parsed_content("train#trainer")
-    assert trainer.state.epoch == 1 and np.isfinite(float(trainer.state.output[0]["loss"]))
-    cache = wf.parser.get_parsed_content("feedback_cache")
-    assert len(cache) == 5 and all(set(np.unique(cache.get(k))) <= {0, 1} for k in cache.keys())  # stored binarized
-=======
 def test_unrolled_inferer_random_passes_draws_every_k_and_trains_the_last():
     net = RecordingNet()
     inferer = UnrolledFeedbackInferer(num_passes=3, random_passes=True)
@@ -202,4 +179,3 @@ def test_unrolled_inferer_random_passes_draws_every_k_and_trains_the_last():
     assert set(counts) == {1, 2, 3} and min(counts.values()) >= 10
     with pytest.raises(ValueError, match="cannot be combined"):
         UnrolledFeedbackInferer(num_passes=3, random_passes=True, loss_on_every_pass=True)
->>>>>>> 097abed (Study features: connectivity metrics in the pass-wise evaluation (eval_metrics), a training time budget for equal wall-clock runs, random unroll depth K in {1..K}; study smoke test (<30 s) with resume and equal-time runs)
