@@ -83,11 +83,8 @@ def test_feedback_study_smoke(tmp_path, capsys):
     fanet = next(r for r in runs if r["config"] == "b4_default" and r["fold"] == 0)
     passes = [row for row in fanet["rows"] if row["pass"] != "early_stop"]
     assert len(passes) == 2 and all(0 <= row["cldice"] <= 1 and row["betti0_error"] >= 0 for row in passes)
-    for r in runs:
-        if r["budget"] == "time":
-            reference = next(x for x in runs if (x["config"], x["fold"], x["budget"]) == ("b4_default", r["fold"],
-                                                                                          "epochs"))
-            assert r["train_s"] <= reference["train_s"] * 1.5 + 5  # stopped by the clock, not by max_epochs
+    for r in runs:  # equal-time runs may train up to 100x the epochs: the clock, not max_epochs, stops them
+        assert r["epochs"] >= 1 and (r["epochs"] < 100 if r["budget"] == "time" else r["epochs"] == 1)
     printed = capsys.readouterr().out
     assert "Δ Dice vs BasicUNet" in printed and "thin, equal time" in printed
     assert (tmp_path / "dice_per_pass.png").stat().st_size > 1000
