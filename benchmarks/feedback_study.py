@@ -124,7 +124,7 @@ def run_one(config: str, dataset: str, fold: int, seed: int, datalist: Path, wor
     if max_train_seconds:
         settings["max_train_seconds"] = max_train_seconds
     start = time.time()
-    training = run_workflow(bundle_configs("train"), "training", **settings)
+    training = run_workflow(bundle_configs("train"), "training", overwrite=True, **settings)  # a rerun replaces it
     train_s = time.time() - start
     epochs = int(training.parser.get_parsed_content("train#trainer").state.epoch)
     evaluation = run_workflow(

@@ -74,7 +74,7 @@ def main() -> None:
             overrides["network_def"] = {"_target_": "fanet_monai.networks.ImageOnlyNetwork", "network": baseline}
             overrides.update(mask_source="previous", unroll_passes=1)
         start = time.time()
-        run_workflow(train, "training", **overrides)
+        run_workflow(train, "training", overwrite=True, **overrides)  # a rerun in --workdir replaces the run
         train_time = time.time() - start
         passes = 10 if baseline is None else 1
         workflow = run_workflow(evaluate, "evaluating", **dict(overrides, num_passes=passes, num_qualitative=0))

@@ -21,6 +21,7 @@ from monai.utils import optional_import
 from fanet_monai.bundle import bundle_configs, run_workflow
 from fanet_monai.evaluation import PassWiseEvaluationHandler
 from fanet_monai.evaluation.reports import METRIC_LABELS, TABLE_IX_COLUMNS, format_value, markdown_table
+from fanet_monai.io import atomic_write
 from fanet_monai.metrics import PAPER_METRICS
 from fanet_monai.networks import FANET_VARIANTS
 
@@ -122,8 +123,9 @@ def ablation_table(
     ]
     table = markdown_table(TABLE_IX_COLUMNS, body)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.md").write_text(table + "\n")
-    with open(out / "ablation.csv", "w", newline="") as f:
+    with atomic_write(out / "ablation.md", "w") as f:
+        f.write(table + "\n")
+    with atomic_write(out / "ablation.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*TABLE_IX_COLUMNS, "passes"])
         writer.writeheader()
         writer.writerows(rows)

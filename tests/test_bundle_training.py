@@ -15,6 +15,7 @@ import torch
 from monai.handlers import ValidationHandler
 
 from fanet_monai.checkpoints import latest_checkpoint
+from fanet_monai.errors import RunOwnershipError
 from fanet_monai.data import folder_datalist, make_synthetic_dataset
 from fanet_monai.feedback import FeedbackMaskCache, sample_key
 
@@ -127,7 +128,7 @@ def test_resume_without_checkpoint_names_the_folder(tmp_path, dataset_dir, tiny_
     with pytest.raises(RuntimeError) as error:  # MONAI wraps errors raised while it evaluates a config expression
         tiny_training(tmp_path, dataset_dir, resume=True).run()
     cause = error.value.__cause__
-    assert isinstance(cause, FileNotFoundError) and str(tmp_path / "models") in str(cause)
+    assert isinstance(cause, RunOwnershipError) and str(tmp_path / "models") in str(cause)
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
 
 
@@ -135,13 +136,13 @@ def test_epoch_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     """A save that dies half-way leaves the previous checkpoint intact and no truncated checkpoint file."""
     from ignite.engine import Engine
 
-    from fanet_monai.checkpoints import AtomicCheckpointSaver
+    from fanet_monai.checkpoints import EpochCheckpointSaver
 
     objects = {"network": torch.nn.Linear(2, 2), "other": torch.nn.Linear(1, 1)}
     with pytest.raises(ValueError, match="n_saved >= 2"):
-        AtomicCheckpointSaver(str(tmp_path), objects, save_interval=1, n_saved=1)
+        EpochCheckpointSaver(str(tmp_path), objects, save_interval=1, n_saved=1)
     engine = Engine(lambda e, b: None)
-    AtomicCheckpointSaver(str(tmp_path), objects, save_interval=1, n_saved=2, epoch_level=True).attach(engine)
+    EpochCheckpointSaver(str(tmp_path), objects, save_interval=1, n_saved=2).attach(engine)
     real_save = torch.save
 
     def dying_save(obj, f, *args, **kwargs):
@@ -155,5 +156,5 @@ def test_epoch_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         engine.run([0], max_epochs=3)
     path = latest_checkpoint(tmp_path)
     assert path.endswith("checkpoint_epoch=2.pt")  # epoch 1 was removed before epoch 3 was written; 3 never landed
-    assert set(torch.load(path, weights_only=True)) == {"network", "other"}
+    assert set(torch.load(path, weights_only=True)) == {"network", "other", "checkpointer"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=2.pt"]

@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+from fanet_monai.errors import InputError
+
 __all__ = [
     "BITMAP_SUFFIXES",
     "DataCheckError",
@@ -33,7 +35,7 @@ NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 IMAGE_SUFFIXES: tuple[str, ...] = BITMAP_SUFFIXES + NIFTI_SUFFIXES
 
 
-class DataCheckError(ValueError):
+class DataCheckError(InputError):
     """A dataset problem; the message starts with the file (or files) concerned."""
 
 

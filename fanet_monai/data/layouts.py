@@ -42,7 +42,8 @@ from fanet_monai.data.expand import expand_offline
 from fanet_monai.data.files import DataCheckError, file_stem, image_files, natural_key, raise_problems
 from fanet_monai.data.readers import normalize_mode
 from fanet_monai.data.splits import PAPER_SPLITS, cut_items, describe_split, hold_out, paper_split
-from fanet_monai.data.staging import StagedFolders, write_json_atomically, write_png
+from fanet_monai.data.staging import StagedFolders, write_png
+from fanet_monai.io import write_json
 from fanet_monai.presets import preset_value
 
 __all__ = ["LAYOUTS", "prepare"]
@@ -355,7 +356,7 @@ def prepare(
         "numTraining": len(lists["training"]),
         **lists,
     }
-    write_json_atomically(out_json, content)
+    write_json(out_json, content)
     report.notes.append(f"datalist written to {out_json}")
     if not quiet:
         print(report.text())

@@ -1,19 +1,18 @@
 """Writing ``prepare``'s outputs safely: generated folders staged under temporary names and renamed into place
-only when every check passed, and the datalist JSON written atomically."""
+only when every check passed (the datalist JSON is written atomically by :func:`fanet_monai.io.write_json`)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Dict
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["StagedFolders", "write_json_atomically", "write_png"]
+__all__ = ["StagedFolders", "write_png"]
 
 
 class StagedFolders:
@@ -60,18 +59,3 @@ class StagedFolders:
 def write_png(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
-
-
-def write_json_atomically(path: Path, content: Dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(content, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

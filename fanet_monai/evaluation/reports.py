@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fanet_monai.io import atomic_write
 from fanet_monai.metrics import PAPER_METRICS
 
 __all__ = ["CONNECTIVITY_LABELS", "METRIC_LABELS", "TABLE_IX_COLUMNS", "format_value", "markdown_metrics", "markdown_table", "rate",
@@ -50,7 +51,7 @@ def write_metrics_csv(
     a header). Returns the path."""
     columns = ["pass", *metrics, "n_images", "mean_passes", "seconds", "images_per_s"]
     path = Path(path)
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for row in rows:
