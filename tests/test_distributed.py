@@ -57,7 +57,8 @@ def test_only_logging_handlers_depend_on_the_main_process_flag():
     parser.read_config([str(TRAIN), str(MULTI_TRAIN)])
     assert parser["is_main_process"] == "$dist.get_rank() == 0"
     assert not any("#handlers#" in key for key in ConfigParser.load_config_file(str(MULTI_TRAIN)))
-    logging_targets = {"StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar"}
+    logging_targets = {"StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar",
+                       "fanet_monai.progress.ProgressLogger"}
     rank_one = ConfigParser()
     rank_one.read_config([str(TRAIN), str(MULTI_TRAIN)])
     rank_one["is_main_process"] = False  # what a rank > 0 sees
@@ -85,7 +86,8 @@ def test_only_logging_handlers_depend_on_the_main_process_flag():
     assert any("init_distributed" in step for step in parser["initialize"])
     assert parser["is_main_process"] == "$dist.get_rank() == 0"
     disabled = [h for h in parser["evaluate"]["handlers"] if isinstance(h, dict) and "_disabled_" in h]
-    assert [(h["_target_"], h["_disabled_"]) for h in disabled] == [("StatsHandler", "$not @is_main_process")]
+    assert [(h["_target_"], h["_disabled_"]) for h in disabled] == [
+        ("StatsHandler", "$not @is_main_process"), ("fanet_monai.progress.ProgressLogger", "$not @is_main_process")]
 
 
 def test_ddp_decisions():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -281,3 +282,17 @@ def test_a_second_process_is_refused_while_a_run_lives_and_resumes_it_once_kille
     assert read_run(root)["run_id"] == run_id
     assert torch.load(root / "models" / f"checkpoint_epoch={newest + 1}.pt", weights_only=True)["run"] == {
         "run_id": run_id}
+
+
+def test_a_checkpoint_from_before_run_records_resumes_with_a_warning(tmp_path):
+    """A root written by an older version (no run.json; a checkpoint without the best-metric, kept-list and run
+    entries) is adopted on --resume: the missing entries are named and start fresh."""
+    data = make_synthetic_dataset(tmp_path / "data", 8, 32, 32, seed=0)
+    models = tmp_path / "run" / "models"
+    models.mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "fixtures" / "pre_refactor_tiny.pt", models / "checkpoint_epoch=1.pt")
+    with pytest.warns(UserWarning, match="holds no \\['best_model_saver', 'checkpointer', 'run'\\]"):
+        wf = train(tmp_path / "run", data, max_epochs=2, resume=True, batch_size=2,
+                   **{"network_def#channels": [4, 8, 16], "network_def#blocks_per_stage": 1})
+    assert wf.parser.get_parsed_content("train#trainer").state.epoch == 2
+    assert read_run(tmp_path / "run")["status"] == "finished" and epochs_on_disk(tmp_path / "run") == [1, 2]
