@@ -191,14 +191,17 @@ class RunOwner:
             return self
         if not (self.root / LOCK_FILE).is_file():
             self._check()  # a new root, or one from before run records: nothing to lock yet
-            return self
+        else:
+            self._lock_and_check()
+        return self
+
+    def _lock_and_check(self) -> None:
         self._acquire_lock()
         try:
             self._check()
         except BaseException:
             self.release()
             raise
-        return self
 
     def _check(self) -> None:
         self._previous = read_run(self.root)
@@ -218,12 +221,7 @@ class RunOwner:
         if int(os.environ.get("RANK", "0")) > 0:
             return self
         if not self.claimed:  # the root was new at claim time: lock it now, and check again under the lock
-            self._acquire_lock()
-            try:
-                self._check()
-            except BaseException:
-                self.release()
-                raise
+            self._lock_and_check()
         removed = clean_stale_temp_files(self.root, self.ckpt_dir, self.root / "eval")
         if removed:
             logger.warning("removed %d temporary file(s) left by a killed process: %s", len(removed),
