@@ -19,7 +19,7 @@ __all__ = ["FanetCLI", "main"]
 
 
 class FanetCLI:
-    """FANet as a MONAI bundle: prepare, train, evaluate, infer, ablation, demo."""
+    """FANet as a MONAI bundle: prepare, train, evaluate, infer, package, ablation, demo."""
 
     def prepare(self, layout: str, root: str, out_json: str, seed: int = 0, **options: Any):
         """Check a dataset in its native layout (kvasir-seg, cvc-clinicdb, dsb2018, isic2018, em-isbi2012, drive,
@@ -57,7 +57,9 @@ class FanetCLI:
     def infer(self, dataset_dir: str, output_dir: str, bundle_root: str = ".", bundle_dir: Optional[str] = None,
               **overrides: Any):
         """Write a binary mask for every image of ``dataset_dir`` (a folder, its ``images/``, or a datalist JSON)
-        into ``output_dir``, same size and geometry as the input (PNG for bitmaps, NIfTI for NIfTI)."""
+        into ``output_dir``, same size and geometry as the input (PNG for bitmaps, NIfTI for NIfTI).
+        Refine-my-mask: ``--start_mask_dir MASKS`` starts every image's refinement from the mask of the same file
+        stem in ``MASKS`` (an existing, rough label) instead of Otsu's threshold."""
         run_workflow(
             bundle_configs("inference", bundle_dir=bundle_dir), "run",
             dataset_dir=dataset_dir, output_dir=output_dir, bundle_root=bundle_root, **overrides,
@@ -90,6 +92,18 @@ class FanetCLI:
         raise SystemExit(run_pacs(url, bundle_root, bundle_dir, watch=watch, interval=interval,
                                   credentials=credentials, fractional=fractional, retries=retries, backoff=backoff,
                                   **overrides))
+
+    def package(self, out: str, bundle_root: str = ".", label_name: Optional[str] = None,
+                bundle_dir: Optional[str] = None, torchscript: bool = True, **overrides: Any):
+        """Write a self-contained model-zoo bundle folder ``out`` (configs, models/model.pt + model.ts, docs,
+        LICENSE, scripts/ with this package's code) from the run ``bundle_root``; it runs where only MONAI is
+        installed (MONAI Label's ``monaibundle`` app, ``python -m monai.bundle run`` from the folder). Pass the
+        overrides the run was trained with (``--image_size "[128,128]"``, ``--network_def#channels ...``) and
+        ``--label_name polyp`` to name the foreground label."""
+        from fanet_monai.packaging import package_bundle
+
+        path = package_bundle(out, bundle_root, bundle_dir, label_name, torchscript, **overrides)
+        print(f"bundle written to {path}")
 
     def ablation(self, dataset_dir: str, b1: str, b3: str, b4: str, output_dir: str = "ablation",
                  num_passes: Optional[int] = None, bundle_dir: Optional[str] = None, **overrides: Any):
