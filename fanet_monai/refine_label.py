@@ -30,6 +30,7 @@ from monai.utils import ImageMetaKey
 from fanet_monai.data.files import file_stem, image_files
 from fanet_monai.data.readers import BitmapReader
 from fanet_monai.data.transforms import BinarizeLabeld
+from fanet_monai.label_server import RequestError
 
 __all__ = ["StartMaskFromLabeld", "as_flag", "attach_start_masks", "datastore_label", "DATASTORE_LABELS"]
 
@@ -126,19 +127,19 @@ class StartMaskFromLabeld(MapTransform):
             found = datastore_label(image_name)
             label = None if found is None else str(found)
         if label is None:
-            raise ValueError(
-                f"{image_name or 'image'}: refine-my-mask needs the image's existing label, but none was given "
+            raise RequestError(
+                f"{os.path.basename(image_name) or 'image'}: refine-my-mask needs the image's existing label, but none was given "
                 f"(upload one with the request as 'label', or save a label for the image first: "
-                f"{DATASTORE_LABELS}/<image id>.png), or switch refine_existing_label off."
+                f"{DATASTORE_LABELS}/<image id>.png), or switch refine_existing_label off.", 404
             )
         if isinstance(label, (str, os.PathLike)):
             path = str(label)
             if not os.path.isfile(path):
-                raise ValueError(f"{path}: start mask file not found (label of {image_name or 'the image'}).")
+                raise RequestError(f"{path}: start mask file not found (label of {image_name or 'the image'}).", 404)
             try:
                 return self._loader(path), path
             except Exception as err:  # unreadable / not an image
-                raise ValueError(f"{path}: cannot read the start mask as an image ({err}).") from err
+                raise RequestError(f"{os.path.basename(path)}: cannot read the start mask as an image ({err}).") from err
         array = torch.as_tensor(np.asarray(label) if not isinstance(label, torch.Tensor) else label)
         if array.ndim == image.ndim - 1:  # (H, W) without a channel
             array = array[None]
@@ -155,7 +156,7 @@ class StartMaskFromLabeld(MapTransform):
             mask = self._binarize({"mask": label})["mask"]
             mask = mask.as_tensor() if isinstance(mask, MetaTensor) else torch.as_tensor(mask)
             if tuple(mask.shape[1:]) != tuple(image.shape[1:]):
-                raise ValueError(
+                raise RequestError(
                     f"{source}: start mask size {tuple(mask.shape[1:])} differs from the image's "
                     f"{tuple(image.shape[1:])}" + (f" ({name})" if name else "") + "; the label must be drawn on "
                     "this image at its full size."

@@ -20,7 +20,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${MONAILABEL_VENV:-$root/.venv-monailabel}"
 python="${PYTHON:-python3}"
 stamp="$venv/.fanet-monailabel-ok"
-if [ -f "$stamp" ] && "$venv/bin/python" -c "import monailabel, monai, torch, torchvision, itk, PIL, skimage" 2>/dev/null; then
+if [ -f "$stamp" ] && "$venv/bin/python" -c "import monailabel, monai, torch, torchvision, itk, PIL, skimage, tensorboard, matplotlib" 2>/dev/null; then
   echo "$venv/bin/python"
   exit 0
 fi
@@ -30,7 +30,7 @@ pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 [ -d /opt/pypi-more/files ] && pip+=(--find-links /opt/pypi-more/files)
 torch=("torch==2.14.1" "torchvision==0.29.1")
 "${pip[@]}" "${torch[@]}"
-"${pip[@]}" "${torch[@]}" "monai[nibabel,itk,skimage,ignite,fire,pillow,psutil,tqdm]==1.6.1" "scipy>=1.10"
+"${pip[@]}" "${torch[@]}" "monai[nibabel,itk,skimage,ignite,fire,pillow,psutil,tqdm,tensorboard]==1.6.1" "scipy>=1.10" "matplotlib>=3.7"
 "${pip[@]}" --no-deps "monailabel==0.8.5"
 "${pip[@]}" "${torch[@]}" "pydicom>=2.4.4,<3" \
   "uvicorn>=0.29.0" "pydantic>=2.7.0" "pydantic-settings>=2.2.1" "python-dotenv>=1.0.1" "fastapi>=0.110.2" \
@@ -39,7 +39,7 @@ torch=("torch==2.14.1" "torchvision==0.29.1")
   "pynetdicom>=2.0.2" "pynrrd>=1.0.0" "numpymaxflow>=0.0.7" "girder-client>=3.2.3" "einops>=0.7.0" \
   "pyyaml>=6.0.1" "filelock>=3.11.0" "passlib>=1.7.4" "pyjwt>=2.8.0" "bcrypt>=4.1.2" "shapely>=2.0.4" \
   "ninja>=1.11.1.1" "requests>=2.31.0" "requests-toolbelt>=1.0.0" "urllib3>=2.2.1" "scikit-learn" "google-auth>=2.29.0"
-"$venv/bin/python" -c "import monailabel, monai, torch, torchvision, itk, PIL, skimage
+"$venv/bin/python" -c "import monailabel, monai, torch, torchvision, itk, PIL, skimage, tensorboard, matplotlib
 import monailabel.main, monailabel.tasks.infer.bundle, monailabel.tasks.train.bundle" >/dev/null
 touch "$stamp"
 echo "monailabel env built in $(( $(date +%s) - start )) s, $(du -sh "$venv" | cut -f1)" >&2
