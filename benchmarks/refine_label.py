@@ -74,10 +74,10 @@ def box(mask: np.ndarray) -> np.ndarray:
 
 def degradations(rng: np.random.Generator) -> Dict[str, Callable[[np.ndarray], np.ndarray]]:
     return {
-        "eroded 2 px": lambda m: morphology.binary_erosion(m, morphology.disk(2)),
-        "eroded 5 px": lambda m: morphology.binary_erosion(m, morphology.disk(5)),
-        "dilated 2 px": lambda m: morphology.binary_dilation(m, morphology.disk(2)),
-        "dilated 5 px": lambda m: morphology.binary_dilation(m, morphology.disk(5)),
+        "eroded 2 px": lambda m: morphology.erosion(m, morphology.disk(2)),
+        "eroded 5 px": lambda m: morphology.erosion(m, morphology.disk(5)),
+        "dilated 2 px": lambda m: morphology.dilation(m, morphology.disk(2)),
+        "dilated 5 px": lambda m: morphology.dilation(m, morphology.disk(5)),
         "30 % components dropped": lambda m: drop_components(m, 0.3, rng),
         "coarse polygon per component": polygon,
         "bounding box per component": box,

@@ -128,8 +128,8 @@ class StartMaskFromLabeld(MapTransform):
             label = None if found is None else str(found)
         if label is None:
             raise RequestError(
-                f"{os.path.basename(image_name) or 'image'}: refine-my-mask needs the image's existing label, but none was given "
-                f"(upload one with the request as 'label', or save a label for the image first: "
+                f"{os.path.basename(image_name) or 'image'}: refine-my-mask needs the image's existing label, but "
+                "none was given (upload one with the request as 'label', or save a label for the image first: "
                 f"{DATASTORE_LABELS}/<image id>.png), or switch refine_existing_label off.", 404
             )
         if isinstance(label, (str, os.PathLike)):
@@ -139,7 +139,8 @@ class StartMaskFromLabeld(MapTransform):
             try:
                 return self._loader(path), path
             except Exception as err:  # unreadable / not an image
-                raise RequestError(f"{os.path.basename(path)}: cannot read the start mask as an image ({err}).") from err
+                name = os.path.basename(path)
+                raise RequestError(f"{name}: cannot read the start mask as an image ({err}).") from err
         array = torch.as_tensor(np.asarray(label) if not isinstance(label, torch.Tensor) else label)
         if array.ndim == image.ndim - 1:  # (H, W) without a channel
             array = array[None]
