@@ -42,7 +42,7 @@ def test_layout_and_configs(packaged):
     for path in ("configs/metadata.json", "configs/train.json", "configs/evaluate.json", "configs/inference.json",
                  "configs/multi_gpu_train.json", "configs/multi_gpu_evaluate.json", "configs/logging.conf",
                  "models/model.pt", "models/model.ts", "docs/README.md", "LICENSE", "scripts/__init__.py",
-                 "scripts/fanet_monai/__init__.py", "scripts/fanet_monai/inferers.py"):
+                 "scripts/fanet_monai/__init__.py", "scripts/fanet_monai/inferers/refinement.py"):
         assert (bundle / path).is_file(), path
     assert not list((bundle / "scripts").rglob("__pycache__"))
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
