@@ -93,7 +93,7 @@ def _network_text(config: Any) -> str:
 
 
 class FanetCLI:
-    """FANet as a MONAI bundle: prepare data, train, evaluate, infer, export, DICOM and PACS, ablation, demo."""
+    """FANet as a MONAI bundle: prepare data, train, evaluate, infer, export, package, DICOM and PACS, ablation, demo."""
 
     def prepare(self, layout: str, root: str, out_json: str, seed: int = 0, **options: Any):
         """Check a dataset in its native layout and write the MONAI datalist ``out_json`` with the paper's split.
@@ -165,7 +165,9 @@ class FanetCLI:
 
         ``dataset_dir``: a folder, its ``images/``, or a datalist JSON. Every image is read before anything is
         written; unreadable ones are all reported (``--skip_bad True`` segments the others and lists them). Uses
-        the run's stored settings unless given. PNG masks for bitmaps, NIfTI for NIfTI."""
+        the run's stored settings unless given. PNG masks for bitmaps, NIfTI for NIfTI. Refine-my-mask:
+        ``--start_mask_dir MASKS`` starts each image's refinement from the mask of the same file stem in ``MASKS``
+        (an existing, rough label) instead of Otsu's threshold."""
         from fanet_monai.bundle import run_workflow
 
         names = ("inference",)
@@ -210,6 +212,21 @@ class FanetCLI:
                 input_shape=[1, 4, *size], bundle_root=bundle_root, **overrides,
             )
         print(f"TorchScript model written to {target}")
+
+    @bundle_command("inference")
+    def package(self, out: str, bundle_root: str = ".", label_name: str | None = None,
+                bundle_dir: str | None = None, torchscript: bool = True, **overrides: Any):
+        """Write a self-contained model-zoo bundle folder ``out`` from the run ``bundle_root``.
+
+        ``out`` holds configs, models/model.pt (+ model.ts), docs, LICENSE and scripts/ with this package's code:
+        it runs where only MONAI is installed (MONAI Label's ``monaibundle`` app, ``python -m monai.bundle run``).
+        The network definition and input size come from the run's stored settings unless given;
+        ``--label_name polyp`` names the foreground label."""
+        from fanet_monai.packaging import package_bundle
+
+        overrides = _with_run_settings("package", bundle_root, ("inference",), overrides, bundle_dir)
+        path = package_bundle(out, bundle_root, bundle_dir, label_name, torchscript, **overrides)
+        print(f"bundle written to {path}")
 
     @bundle_command("inference")
     def dicom_infer(self, input: str, output_dir: str, bundle_root: str = ".", bundle_dir: str | None = None,

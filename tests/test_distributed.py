@@ -70,7 +70,8 @@ def test_only_logging_handlers_depend_on_the_main_process_flag():
             disabled = "_disabled_" in handler and rank_one.get_parsed_content(f"{section}#handlers#{i}#_disabled_")
             assert disabled == (handler["_target_"] in logging_targets), (section, handler["_target_"])
     # what must run on every rank stays enabled everywhere
-    assert "_disabled_" not in parser["train#feedback_handler"] and parser["train#handlers"][0] == "@train#feedback_handler"
+    feedback = parser["train#handlers"][0]  # inline: MONAI Label prepends its CheckpointLoader to a list of dicts
+    assert "_disabled_" not in feedback and feedback["_target_"] == "fanet_monai.feedback.handler.FeedbackMaskHandler"
     validate = [h if isinstance(h, str) else h["_target_"] for h in parser["validate"]["handlers"]
                 if isinstance(h, str) or "_disabled_" not in h]
     assert "LrScheduleHandler" in validate and "@validate#feedback_commit" in validate  # same decisions everywhere

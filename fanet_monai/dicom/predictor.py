@@ -20,6 +20,7 @@ from monai.utils import CommonKeys
 
 from fanet_monai.bundle import bundle_configs, load_workflow
 from fanet_monai.dicom.reader import DicomReader
+from fanet_monai.label_server import CheckImageRequestd
 
 __all__ = ["BundlePredictor", "ModelIdentity", "Prediction"]
 
@@ -89,7 +90,8 @@ class BundlePredictor:
         self.network = parser.get_parsed_content("network")
         self.inferer = parser.get_parsed_content("inferer")
         preprocessing = parser.get_parsed_content("preprocessing")
-        loader, *rest = preprocessing.transforms
+        # CheckImageRequestd checks bitmap paths for MONAI Label's requests; DICOM sources are read by DicomReader
+        loader, *rest = [t for t in preprocessing.transforms if not isinstance(t, CheckImageRequestd)]
         if not isinstance(loader, LoadImaged):
             raise ValueError(f"preprocessing must start with LoadImaged, found {type(loader).__name__}.")
         self.key = loader.keys[0]

@@ -16,7 +16,10 @@ from monai.utils import convert_to_tensor
 from fanet_monai.feedback.masks import check_feedback_mode, check_start_mask, feedback_mask, start_mask
 from fanet_monai.inferers.passes import check_mask, check_num_passes, converged
 
-__all__ = ["IterativeRefinementInferer", "Refinement"]
+__all__ = ["IterativeRefinementInferer", "Refinement", "LAST_CHANNEL"]
+
+#: ``IterativeRefinementInferer(start_mask=LAST_CHANNEL)``: the inputs carry their start mask as the last channel.
+LAST_CHANNEL = "last_channel"
 
 
 @dataclass
@@ -67,7 +70,10 @@ class IterativeRefinementInferer(Inferer):
         num_passes: number of network evaluations (paper: 10; variant B2 is one pass). ``>= 1``.
         start_mask: mask of the first pass when none is given: ``"otsu"`` (paper: Gaussian blur + per-image Otsu
             threshold, brighter than the threshold = foreground), ``"otsu_inverted"`` (darker = foreground),
-            ``"empty"`` (zeros), ``"full"`` (ones), or a callable ``images (B, C, *spatial) -> (B, 1, *spatial)``.
+            ``"empty"`` (zeros), ``"full"`` (ones), or a callable ``images (B, C, *spatial) -> (B, 1, *spatial)``;
+            or ``"last_channel"``: the inputs' last channel is the start mask, binarized at 0.5 (refine-my-mask for
+            callers such as MONAI Label that only call ``inferer(images, network)``: an existing label appended by
+            :class:`~fanet_monai.refine_label.StartMaskFromLabeld`).
         feedback: ``"binary"`` (paper: ``sigmoid(logits) > threshold`` as 0/1) or ``"probability"`` (the sigmoid
             map itself).
         threshold: probability threshold in ``(0, 1)`` for binary feedback and for the early-stop comparison.
@@ -100,7 +106,8 @@ class IterativeRefinementInferer(Inferer):
     ) -> None:
         super().__init__()
         self.num_passes = check_num_passes(num_passes)
-        check_start_mask(start_mask, allow_callable=True)
+        if start_mask != LAST_CHANNEL:
+            check_start_mask(start_mask, allow_callable=True)
         check_feedback_mode(feedback)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {threshold}.")
@@ -164,6 +171,10 @@ class IterativeRefinementInferer(Inferer):
             raise ValueError(f"images must be (B, C, *spatial), got shape {tuple(images.shape)}.")
         if not images.is_floating_point():
             images = images.float()
+        if self.start_mask == LAST_CHANNEL:
+            if mask is not None:
+                raise ValueError("start_mask='last_channel' takes the mask from the inputs: do not pass mask= too.")
+            images, mask = images[:, :-1], (images[:, -1:] > 0.5).to(images.dtype)
         check_mask(images, mask)
         batch = images.shape[0]
         if mask is None:

@@ -1,0 +1,170 @@
+"""Refine-my-mask: start FANet's refinement from an existing label instead of Otsu's threshold.
+
+FANet's second input is a mask, so an annotator's rough or half-edited label can be handed to the network and
+refined. Three routes lead to the same inferer call, ``IterativeRefinementInferer(...)(images, net, mask=label)``:
+
+- Python: pass ``mask=`` ``(B, 1, H, W)`` to :class:`~fanet_monai.inferers.IterativeRefinementInferer`.
+- ``fanet infer DIR OUT --start_mask_dir MASKS``: :func:`attach_start_masks` pairs every image with the mask of the
+  same file stem under ``label``; the bundle's ``refine_label`` switches :class:`StartMaskFromLabeld` on.
+- MONAI Label, which calls ``inferer(images, network)`` only: the request option ``refine_existing_label`` (the
+  bundle's ``displayable_configs``, a check box in 3D Slicer) makes :class:`StartMaskFromLabeld` load the label
+  uploaded with the request (``label=@mask.png``) or, without one, the image's saved label in the datastore
+  (``labels/final/<image id>.*``), and append it to the image as a last channel; the inferer, configured with
+  ``start_mask="last_channel"``, takes that channel as its start mask.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, MapTransform
+from monai.utils import ImageMetaKey
+
+from fanet_monai.data.files import file_stem, image_files
+from fanet_monai.data.readers import BitmapReader
+from fanet_monai.data.transforms import BinarizeLabeld
+from fanet_monai.label_server import RequestError
+
+__all__ = ["StartMaskFromLabeld", "as_flag", "attach_start_masks", "datastore_label", "DATASTORE_LABELS"]
+
+#: Where MONAI Label's local datastore keeps an image's final label, relative to the image's folder.
+DATASTORE_LABELS = os.path.join("labels", "final")
+
+
+def as_flag(value: Any) -> bool:
+    """A request or config switch as a bool: ``True``/``"true"``/``"1"``/``"yes"``/``"on"`` (any case) → True."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def datastore_label(image_path: str | os.PathLike) -> Path | None:
+    """The final label MONAI Label's local datastore keeps for ``image_path`` (``<folder>/labels/final/<stem>.*``),
+    or ``None`` when there is none."""
+    image = Path(image_path)
+    folder = image.parent / DATASTORE_LABELS
+    if not folder.is_dir():
+        return None
+    found = sorted(p for p in folder.iterdir() if p.is_file() and file_stem(p) == file_stem(image))
+    return found[0] if found else None
+
+
+def attach_start_masks(
+    items: Sequence[Mapping[str, Any]], start_mask_dir: str | os.PathLike | None, key: str = "label"
+) -> list[dict[str, Any]]:
+    """Pair each ``{"image": path}`` with the start mask of the same file stem in ``start_mask_dir`` (as ``key``).
+
+    ``start_mask_dir=None`` returns the items unchanged. Raises ``FileNotFoundError`` naming the folder, or
+    ``ValueError`` naming every image without a mask (before any network runs).
+    """
+    items = [dict(item) for item in items]
+    if start_mask_dir is None:
+        return items
+    folder = Path(start_mask_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: start mask folder not found (--start_mask_dir).")
+    masks = image_files(folder)
+    missing = [item["image"] for item in items if file_stem(item["image"]) not in masks]
+    if missing:
+        shown = ", ".join(str(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ValueError(
+            f"{folder}: no start mask for {len(missing)} image(s): {shown}. Give every image a mask with the same "
+            "file stem (e.g. images/case1.jpg -> masks/case1.png)."
+        )
+    for item in items:
+        item[key] = str(masks[file_stem(item["image"])])
+    return items
+
+
+class StartMaskFromLabeld(MapTransform):
+    """Append an image's existing label to it as the start mask channel: ``(C, H, W)`` → ``(C + 1, H, W)``.
+
+    Place it after the intensity scaling and before any resizing (the label must match the loaded image's size;
+    resizing then treats the mask like an image channel, and the inferer binarizes it at 0.5). Pair it with
+    ``IterativeRefinementInferer(start_mask="last_channel")`` switched by the same ``enabled`` flag.
+
+    The label is ``data[label_key]``: a path (any mask the bundle reads: gray, 0/1 or 0/255, RGB(A), palette), or a
+    channel-first array/tensor. Without one and with ``datastore_lookup``, the image's saved label in MONAI Label's
+    local datastore is used (:func:`datastore_label`). Masks are binarized like training labels
+    (:class:`~fanet_monai.data.transforms.BinarizeLabeld`).
+
+    Args:
+        keys: the image key(s).
+        label_key: key of the existing label (MONAI Label puts an uploaded label under ``"label"``).
+        enabled: the switch (bool or ``"true"``/``"false"``); ``False`` passes the data through unchanged.
+        datastore_lookup: look for ``labels/final/<image stem>.*`` next to the image when no label is given.
+
+    Raises:
+        ValueError: naming the image when no label can be found, or naming the label file when its size differs
+            from the image's.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str = "label",
+        enabled: bool | str = True,
+        datastore_lookup: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_key = label_key
+        self.enabled = as_flag(enabled)
+        self.datastore_lookup = bool(datastore_lookup)
+        self._loader = LoadImage(reader=BitmapReader(), image_only=True, ensure_channel_first=True, dtype=None)
+        self._binarize = BinarizeLabeld(keys="mask")
+
+    def _label_for(self, data: Mapping[Hashable, Any], image: torch.Tensor, image_name: str) -> tuple[Any, str]:
+        label = data.get(self.label_key)
+        if label is None and self.datastore_lookup and image_name:
+            found = datastore_label(image_name)
+            label = None if found is None else str(found)
+        if label is None:
+            raise RequestError(
+                f"{os.path.basename(image_name) or 'image'}: refine-my-mask needs the image's existing label, but "
+                "none was given (upload one with the request as 'label', or save a label for the image first: "
+                f"{DATASTORE_LABELS}/<image id>.png), or switch refine_existing_label off.", 404
+            )
+        if isinstance(label, (str, os.PathLike)):
+            path = str(label)
+            if not os.path.isfile(path):
+                raise RequestError(f"{path}: start mask file not found (label of {image_name or 'the image'}).", 404)
+            try:
+                return self._loader(path), path
+            except Exception as err:  # unreadable / not an image
+                name = os.path.basename(path)
+                raise RequestError(f"{name}: cannot read the start mask as an image ({err}).") from err
+        array = torch.as_tensor(np.asarray(label) if not isinstance(label, torch.Tensor) else label)
+        if array.ndim == image.ndim - 1:  # (H, W) without a channel
+            array = array[None]
+        return array, f"the '{self.label_key}' array"
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        if not self.enabled:
+            return d
+        for key in self.key_iterator(d):
+            image = d[key]
+            name = str(image.meta.get(ImageMetaKey.FILENAME_OR_OBJ, "")) if isinstance(image, MetaTensor) else ""
+            label, source = self._label_for(d, image, name)
+            mask = self._binarize({"mask": label})["mask"]
+            mask = mask.as_tensor() if isinstance(mask, MetaTensor) else torch.as_tensor(mask)
+            if tuple(mask.shape[1:]) != tuple(image.shape[1:]):
+                raise RequestError(
+                    f"{source}: start mask size {tuple(mask.shape[1:])} differs from the image's "
+                    f"{tuple(image.shape[1:])}" + (f" ({name})" if name else "") + "; the label must be drawn on "
+                    "this image at its full size."
+                )
+            plain = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
+            stacked = torch.cat([plain, mask.to(device=plain.device, dtype=plain.dtype)], dim=0)
+            if isinstance(image, MetaTensor):
+                stacked = MetaTensor(stacked, meta=image.meta, applied_operations=image.applied_operations)
+            d[key] = stacked
+        return d
