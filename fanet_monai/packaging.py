@@ -85,6 +85,10 @@ def _write_configs(out: Path, bundle_dir: Path, overrides: Mapping[str, Any], la
             for key, value in overrides.items():
                 if _set_override(config, key, value):
                     unused.discard(key)
+        if name == "train.json":
+            # MONAI Label retrains into the bundle folder from its model.pt, one task at a time: the folder is the
+            # model's home, not one run's, so the one-run-per-root lock and refusal stay off there.
+            config["own_bundle_root"] = False
         (out / "configs" / name).write_text(json.dumps(config, indent=4) + "\n")
     if unused:
         raise ValueError(f"override(s) {sorted(unused)} match no id of the bundle's configs; check the spelling.")

@@ -148,6 +148,7 @@ class RunOwner:
         self.resume = bool(resume)
         self.overwrite = bool(overwrite)
         self.settings = dict(settings or {})
+        self._recorded: dict[str, Any] = {}  # entries recorded before start(), written by it
         self.run: dict[str, Any] = {}
         self._lock = None
         self._previous: dict[str, Any] | None = None
@@ -244,12 +245,14 @@ class RunOwner:
             self.run = {"run_id": uuid.uuid4().hex[:12], **identity, "resumes": []}
         self.run["settings"] = {**self.run.get("settings", {}), **self.settings}
         self.run["status"] = "running"
-        write_json(self.root / RUN_FILE, self.run)
+        self.record(**self._recorded)
         return self
 
     def record(self, **entries: Any) -> None:
-        """Add ``settings`` (merged) or other entries (``overrides=...``) to ``run.json``."""
-        if not self.claimed:
+        """Add ``settings`` (merged) or other entries (``overrides=...``) to ``run.json``; before :meth:`start`
+        (the root may not be locked yet) they are kept and written by it."""
+        if not self.run or not self.claimed:
+            self._recorded.update(entries)
             return
         for key, value in entries.items():
             if key == "settings":

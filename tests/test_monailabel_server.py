@@ -290,6 +290,26 @@ def test_pretrained_training_continues_from_model_pt(server):
     assert f"Add Checkpoint Loader for Path: {weights}" in log and "Restored all variables from" in log
 
 
+def test_async_training_runs_in_the_background_and_reports_done(server):
+    weights = server["bundle"] / "models" / "model.pt"
+    before = hashlib.md5(weights.read_bytes()).hexdigest()
+    response = requests.post(
+        f"{server['url']}/train/fanet", params={"run_sync": False},
+        json={"val_split": 0.25, "device": "cpu", "max_epochs": 1, "pretrained": True}, timeout=60,
+    )
+    assert response.status_code == 200, response.text[-2000:]
+    assert response.json()["status"] in ("SUBMITTED", "RUNNING")  # answered before the training finished
+    deadline, status = time.time() + 600, {}
+    while time.time() < deadline:
+        status = requests.get(f"{server['url']}/train/", timeout=30).json()
+        if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            break
+        time.sleep(0.5)
+    assert status.get("status") == "DONE", status
+    assert hashlib.md5(weights.read_bytes()).hexdigest() != before, "async training did not write models/model.pt"
+    assert requests.get(f"{server['url']}/info/", timeout=30).status_code == 200
+
+
 def test_training_on_a_label_of_the_wrong_size_fails_naming_the_file(server):
     name = server["studies"]["gray_png"]
     wrong = np.zeros((7, 9), np.uint8)
