@@ -1,4 +1,5 @@
-"""A small synthetic segmentation set on disk (for the demo and the tests): bright blobs on a shaded background."""
+"""Synthetic segmentation sets on disk (demo, tests, studies): bright blobs, or thin vessel-like curves, on a shaded
+background."""
 
 from __future__ import annotations
 
@@ -8,8 +9,31 @@ from pathlib import Path
 import numpy as np
 from monai.data.synthetic import create_test_image_2d
 from PIL import Image
+from skimage.draw import disk
+from skimage.filters import gaussian
 
 __all__ = ["make_synthetic_dataset", "make_thin_structure_dataset"]
+
+
+def _output_root(out_dir: str | os.PathLike) -> Path:
+    root = Path(out_dir)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _illumination_ramp(rng: np.random.RandomState, height: int, width: int) -> np.ndarray:
+    """A linear illumination gradient in a random direction, scaled to [0, 1]: ``(height, width)`` float32."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(angle) * xx / width + np.sin(angle) * yy / height
+    return (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
+
+
+def _save_pair(root: Path, name: str, image: np.ndarray, mask: np.ndarray, rgb: bool) -> None:
+    """``image`` (uint8 ``(H, W)``) as gray or RGB PNG, ``mask`` (bool/0-1) as a 0/255 PNG, both named ``name``."""
+    Image.fromarray(np.stack([image] * 3, axis=-1) if rgb else image).save(root / "images" / name)
+    Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255).save(root / "masks" / name)
 
 
 def make_synthetic_dataset(
@@ -29,23 +53,15 @@ def make_synthetic_dataset(
     training has to improve on. Returns ``out_dir``.
     """
     rng = np.random.RandomState(seed)
-    root = Path(out_dir)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    root = _output_root(out_dir)
     for i in range(num_images):
         image, mask = create_test_image_2d(
             height, width, num_objs=8, rad_max=max(4, min(height, width) // 8), rad_min=3,
             noise_max=noise, num_seg_classes=1, random_state=rng,
         )
-        angle = rng.uniform(0, 2 * np.pi)
-        ramp = np.cos(angle) * xx / width + np.sin(angle) * yy / height
-        ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
-        image = image + shading * ramp
+        image = image + shading * _illumination_ramp(rng, height, width)
         image = (255 * (image - image.min()) / max(float(np.ptp(image)), 1e-6)).astype(np.uint8)
-        pixels = np.stack([image] * 3, axis=-1) if rgb else image
-        Image.fromarray(pixels).save(root / "images" / f"case_{i:03d}.png")
-        Image.fromarray((mask > 0).astype(np.uint8) * 255).save(root / "masks" / f"case_{i:03d}.png")
+        _save_pair(root, f"case_{i:03d}.png", image, mask, rgb)
     return root
 
 
@@ -109,16 +125,10 @@ def make_thin_structure_dataset(
     the structures darker than the background (fundus vessels, EM membranes), ``"bright"`` brighter.
     Returns ``out_dir``.
     """
-    from skimage.draw import disk
-    from skimage.filters import gaussian
-
     if polarity not in ("dark", "bright"):
         raise ValueError(f"polarity must be 'dark' or 'bright', got {polarity!r}.")
     rng = np.random.RandomState(seed)
-    root = Path(out_dir)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    root = _output_root(out_dir)
     for i in range(num_images):
         mask = np.zeros((height, width), dtype=bool)
         signal = np.zeros((height, width), dtype=np.float32)
@@ -138,14 +148,10 @@ def make_thin_structure_dataset(
                         gap_left -= 1
                         continue
                     signal[rr, cc] = np.maximum(signal[rr, cc], strength)
-        angle = rng.uniform(0, 2 * np.pi)
-        ramp = np.cos(angle) * xx / width + np.sin(angle) * yy / height
-        ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
+        ramp = _illumination_ramp(rng, height, width)
         signal = gaussian(signal, sigma=0.7)
         sign = -1.0 if polarity == "dark" else 1.0
         image = 0.5 + shading * (ramp - 0.5) + 0.45 * sign * signal + rng.normal(0, noise, size=mask.shape)
         image = (255 * np.clip(image, 0, 1)).astype(np.uint8)
-        pixels = np.stack([image] * 3, axis=-1) if rgb else image
-        Image.fromarray(pixels).save(root / "images" / f"vessel_{i:03d}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"vessel_{i:03d}.png")
+        _save_pair(root, f"vessel_{i:03d}.png", image, mask, rgb)
     return root
