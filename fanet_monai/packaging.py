@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, ckpt_export
 
 import fanet_monai
 from fanet_monai.bundle import BUNDLE_DIR
@@ -120,8 +120,6 @@ def _bundle_importable(out: Path) -> Iterator[None]:
 
 def _export_torchscript(out: Path) -> None:
     """``models/model.ts`` with MONAI's ckpt_export, run on the packaged configs."""
-    from monai.bundle import ckpt_export
-
     with _bundle_importable(out):
         ckpt_export(
             net_id="network_def",

@@ -18,6 +18,7 @@ from monai.data import decollate_batch, list_data_collate
 from monai.transforms import AsDiscreted, Compose, LoadImage, LoadImaged, SaveImaged
 from monai.utils import CommonKeys
 
+from fanet_monai import __version__
 from fanet_monai.bundle import bundle_configs, load_workflow
 from fanet_monai.dicom.reader import DicomReader
 from fanet_monai.label_server import CheckImageRequestd
@@ -103,8 +104,6 @@ class BundlePredictor:
         self.postprocessing = post
         ckpt_path = Path(parser.get_parsed_content("ckpt_path"))
         meta = json.loads((Path(files[0]).parent / "metadata.json").read_text())
-        from fanet_monai import __version__
-
         self.identity = ModelIdentity("fanet-monai", __version__, str(meta.get("version", "0")), sha256_of(ckpt_path))
 
     def config(self, id: str, default: Any = None) -> Any:
