@@ -104,7 +104,7 @@ def fold_datalist(data: Path, fold: int, fold_size: int, out: Path) -> Path:
     images = sorted((data / "images").iterdir())
     if (fold + 1) * fold_size > len(images):
         raise SystemExit(f"fold {fold} of {fold_size} images needs {(fold + 1) * fold_size}; {data} has {len(images)}.")
-    items = [{"image": str(p), "label": str(data / "masks" / p.name)} for p in images]
+    items = [{"image": str(p.resolve()), "label": str((data / "masks" / p.name).resolve())} for p in images]
     held = set(range(fold * fold_size, (fold + 1) * fold_size))
     lists = {"training": [it for i, it in enumerate(items) if i not in held],
              "validation": [it for i, it in enumerate(items) if i in held]}
