@@ -37,10 +37,12 @@ from PIL import Image
 from scipy import stats
 
 from fanet_monai.bundle import bundle_configs, run_workflow
+from fanet_monai.checkpoints import latest_intact_checkpoint
 from fanet_monai.data import make_synthetic_dataset, make_thin_structure_dataset
 
 SHARED_EM = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em"
 METRICS = ("f1", "cldice", "betti0_error")
+NEVER = 10**9  # a validation interval no study reaches
 
 
 def _image_only(network: dict) -> dict:
@@ -57,6 +59,9 @@ ATTENTION_UNET = _image_only({"_target_": "AttentionUnet", "spatial_dims": 2, "i
 # the paper's procedure, spelled out: the bundle's defaults are the previous study's winner
 PAPER = {"mask_source": "previous", "unroll_passes": 1, "start_mask": "otsu"}
 SINGLE_PASS = dict(PAPER, mask_source="initial")
+
+#: the default mix with a fifth of the masks made from the sample's label degraded (feedback.sources.degrade_label)
+DEGRADED_MIX = {"previous": 0.2, "perturbed": 0.2, "initial": 0.2, "empty": 0.2, "degraded": 0.2}
 
 #: name -> (description, training/test overrides, evaluation passes); baselines are single-pass networks
 BASELINES: Dict[str, tuple] = {
@@ -75,6 +80,8 @@ CONFIGS: Dict[str, tuple] = {
                     10),
     "b4_probability": ("B4 default, probability feedback (train + test)", {"feedback_mode": "probability"}, 10),
     "b4_empty_start": ("B4 default, empty start mask (train + test)", {"start_mask": "empty"}, 10),
+    "b4_degraded": ("B4 default + degraded labels (refine-my-mask) in the training mix", {"mask_mix": DEGRADED_MIX},
+                    10),
 }
 #: the run whose training seconds set the equal-time budget of the baselines
 TIME_REFERENCE = "b4_default"
@@ -127,9 +134,11 @@ def run_one(config: str, dataset: str, fold: int, seed: int, datalist: Path, wor
     training = run_workflow(bundle_configs("train"), "training", overwrite=True, **settings)  # a rerun replaces it
     train_s = time.time() - start
     epochs = int(training.parser.get_parsed_content("train#trainer").state.epoch)
+    # the last epoch's weights: the held-out fold is never used to pick a checkpoint (no validation in training)
+    last = latest_intact_checkpoint(root / "models")
     evaluation = run_workflow(
         bundle_configs("train", "evaluate"), "evaluating",
-        **dict(settings, num_passes=passes, num_qualitative=0, check_data=False,
+        **dict(settings, ckpt_path=last, **{"evaluate#handlers#0#load_dict": {"network": "@network"}}, num_passes=passes, num_qualitative=0, check_data=False,
                eval_metrics=["jaccard", "f1", *METRICS[1:]]),
     )
     rows = evaluation.parser.get_parsed_content("evaluate#pass_metrics").rows
@@ -247,8 +256,10 @@ def main(argv: List[str] | None = None) -> List[dict]:
     if args.report:
         print(report(load_runs(log), work / "dice_per_pass.png"))
         return load_runs(log)
+    # no validation during training: the held-out fold is the test set, so it must neither pick the checkpoint nor
+    # drive the learning-rate schedule (ReduceLROnPlateau steps on the validation loss); the last epoch is evaluated
     common = {"image_size": [args.size, args.size], "max_epochs": args.epochs, "batch_size": args.batch,
-              "learning_rate": args.learning_rate, "show_progress": False}
+              "learning_rate": args.learning_rate, "show_progress": False, "val_interval": NEVER}
     num_synthetic = 30
     if args.smoke:
         args.datasets, args.folds, args.seeds, args.fold_size, num_synthetic = ["thin"], [0, 1], [0], 3, 8

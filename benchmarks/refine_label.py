@@ -22,54 +22,17 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 from monai.transforms import LoadImage, Resize
-from skimage import draw, measure, morphology
+from skimage import morphology
 
 from fanet_monai.bundle import bundle_configs, load_workflow, run_workflow
 from fanet_monai.data import BitmapReader, make_synthetic_dataset
+from fanet_monai.feedback.sources import box_per_component, drop_components, polygon_per_component
 from fanet_monai.inferers import IterativeRefinementInferer
 from fanet_monai.networks import load_for_inference
 from feedback_study import prepare_data
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em"
 PASSES = (1, 3, 10)
-
-
-def drop_components(mask: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    labels = measure.label(mask)
-    ids = np.arange(1, labels.max() + 1)
-    dropped = rng.choice(ids, size=int(round(fraction * len(ids))), replace=False) if len(ids) else []
-    return mask & ~np.isin(labels, dropped)
-
-
-def per_component(mask: np.ndarray, shape_of: Callable[[object], np.ndarray]) -> np.ndarray:
-    out = np.zeros_like(mask)
-    for region in measure.regionprops(measure.label(mask)):
-        out |= shape_of(region)
-    return out
-
-
-def polygon(mask: np.ndarray, tolerance: float = 4.0) -> np.ndarray:
-    def shape(region):
-        filled = np.zeros_like(mask)
-        r0, c0, _, _ = region.bbox
-        padded = np.pad(region.image, 1)
-        for contour in measure.find_contours(padded.astype(float), 0.5):
-            coarse = measure.approximate_polygon(contour, tolerance)
-            rr, cc = draw.polygon(coarse[:, 0] - 1 + r0, coarse[:, 1] - 1 + c0, mask.shape)
-            filled[rr, cc] = True
-        return filled
-
-    return per_component(mask, shape)
-
-
-def box(mask: np.ndarray) -> np.ndarray:
-    def shape(region):
-        filled = np.zeros_like(mask)
-        r0, c0, r1, c1 = region.bbox
-        filled[r0:r1, c0:c1] = True
-        return filled
-
-    return per_component(mask, shape)
 
 
 def degradations(rng: np.random.Generator) -> Dict[str, Callable[[np.ndarray], np.ndarray]]:
@@ -79,8 +42,8 @@ def degradations(rng: np.random.Generator) -> Dict[str, Callable[[np.ndarray], n
         "dilated 2 px": lambda m: morphology.dilation(m, morphology.disk(2)),
         "dilated 5 px": lambda m: morphology.dilation(m, morphology.disk(5)),
         "30 % components dropped": lambda m: drop_components(m, 0.3, rng),
-        "coarse polygon per component": polygon,
-        "bounding box per component": box,
+        "coarse polygon per component": polygon_per_component,
+        "bounding box per component": box_per_component,
     }
 
 

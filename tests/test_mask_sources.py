@@ -14,7 +14,16 @@ from scipy import ndimage
 
 from fanet_monai.data import make_synthetic_dataset
 from fanet_monai.feedback import FeedbackMaskCache, otsu_mask_torch
-from fanet_monai.feedback.sources import DEFAULT_MIX, normalize_mix, perturb_mask
+from fanet_monai.feedback.sources import (
+    DEFAULT_MIX,
+    DEGRADATIONS,
+    box_per_component,
+    degrade_label,
+    drop_components,
+    normalize_mix,
+    perturb_mask,
+    polygon_per_component,
+)
 from fanet_monai.feedback.masks import start_mask
 from fanet_monai.inferers import UnrolledFeedbackInferer
 from fanet_monai.losses import PassAveragedLoss
@@ -90,6 +99,63 @@ def test_mix_validation():
         FeedbackMaskd("image", FeedbackMaskCache(), source="oracle")
 
 
+def test_degrade_label_makes_each_kind_of_rough_annotation():
+    label = blob_mask()  # two blobs: 8x8 and 6x10
+    rng = np.random.RandomState(0)
+    true = label[0] > 0
+    eroded = degrade_label(label, rng, kind="eroded")
+    dilated = degrade_label(label, rng, kind="dilated")
+    assert eroded.shape == dilated.shape == label.shape and eroded.dtype == np.uint8
+    assert eroded.sum() < true.sum() and not (eroded[0] & ~true).any()  # a subset
+    assert dilated.sum() > true.sum() and not (true & ~dilated[0].astype(bool)).any()  # a superset
+    boxes = degrade_label(label, rng, kind="box")[0].astype(bool)
+    assert np.array_equal(boxes, true)  # the blobs are rectangles: their boxes are themselves
+    dropped = [ndimage.label(degrade_label(label, np.random.RandomState(s), kind="components_dropped")[0])[1]
+               for s in range(10)]
+    assert set(dropped) == {1}  # round(0.3 * 2) = 1 of the 2 blobs goes, a different one across seeds
+    polygon = degrade_label(label, rng, kind="polygon")[0].astype(bool)
+    assert (polygon & true).sum() / true.sum() > 0.7 and ndimage.label(polygon)[1] == 2
+    with pytest.raises(ValueError, match="unknown degradation"):
+        degrade_label(label, rng, kind="scribble")
+    kinds = {tuple(degrade_label(label, np.random.RandomState(s)).ravel()) for s in range(30)}
+    assert len(kinds) >= 4  # random kinds and radii
+
+
+def test_component_helpers():
+    mask = np.zeros((20, 20), bool)
+    mask[2:5, 2:12] = True
+    mask[10, 3:15] = True  # a diagonal-free thin line
+    mask[14:18, 14:18] = True
+    assert ndimage.label(drop_components(mask, 2 / 3, np.random.RandomState(0)))[1] == 1
+    assert box_per_component(mask).sum() == 30 + 12 + 16
+    circle = np.hypot(*np.mgrid[-10:11, -10:11]) <= 8
+    coarse = polygon_per_component(circle, tolerance=3.0)
+    assert 0.6 < coarse.sum() / circle.sum() < 1.0 and not (coarse & ~circle).any()  # inscribed, coarser
+    with pytest.raises(ValueError, match="2D mask"):
+        polygon_per_component(np.zeros((2, 4, 4), bool))
+    cube = np.zeros((6, 6, 6), bool)
+    cube[1:3, 1:4, 2:5] = True
+    assert np.array_equal(degrade_label(cube[None], np.random.RandomState(0), kind="polygon")[0], cube)  # 3D: box
+
+
+def test_degraded_source_degrades_the_label_and_names_missing_labels():
+    cache = FeedbackMaskCache()
+    data = dict(sample(), label=MetaTensor(torch.as_tensor(blob_mask(), dtype=torch.float32)))
+    transform = FeedbackMaskd("image", cache, source="mixed", mix={"degraded": 1.0})
+    transform.set_random_state(0)
+    label = torch.as_tensor(blob_mask(), dtype=torch.float32)
+    masks = [transform(data)["mask"].as_tensor() for _ in range(20)]
+    assert all(m.shape == (1, 24, 32) and set(m.unique().tolist()) <= {0.0, 1.0} for m in masks)
+    assert any(not torch.equal(m, label) for m in masks)  # degraded, not the label itself
+    dices = [float(2 * (m * label).sum() / (m.sum() + label.sum())) for m in masks]
+    assert min(dices) > 0 and np.mean(dices) > 0.5  # still a rough version of the label
+    with pytest.raises(KeyError, match="a.png: the 'degraded' feedback mask source needs the label"):
+        transform(sample())
+    small = dict(sample(), label=MetaTensor(torch.zeros(1, 12, 16)))
+    with pytest.raises(ValueError, match="a.png: label spatial shape"):
+        transform(small)
+
+
 class RecordingNet(torch.nn.Module):
     """logits = w * (2 * mask - 1) + shift, where shift grows the mask each pass; records each call."""
 
@@ -162,6 +228,16 @@ def test_unrolled_and_mixed_training_run_in_the_bundle(tmp_path, tiny_training):
     assert len(cache) == 5 and all(cache.get(k).shape == (1, 32, 32) for k in cache.keys())
     assert wf.parser.get_parsed_content("train#inferer").num_passes == 2
     assert wf.parser.get_parsed_content("validate#inferer").start_mask == "otsu_inverted"
+
+
+def test_degraded_label_source_trains_in_the_bundle(tmp_path, tiny_training):
+    data = make_synthetic_dataset(tmp_path / "data", num_images=6, height=32, width=32, seed=0)
+    wf = tiny_training(tmp_path / "run", data, image_size=[32, 32], max_epochs=1, mask_source="mixed",
+                       mask_mix={"degraded": 0.5, "empty": 0.5})
+    wf.run()
+    transform = wf.parser.get_parsed_content("train#feedback_mask")
+    assert transform.mix == {"degraded": 0.5, "empty": 0.5} and transform.label_key == "label"
+    assert len(wf.parser.get_parsed_content("feedback_cache")) == 5
 
 
 def test_unrolled_inferer_random_passes_draws_every_k_and_trains_the_last():

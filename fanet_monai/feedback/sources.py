@@ -6,21 +6,37 @@ mask it never saw in training. The sources here let training see what test time 
 
 - ``"previous"``: the paper's rule — the cached previous-epoch prediction (the start mask before the first one);
 - ``"initial"``: always the start mask (for unrolled training, where the step itself refines it);
-- ``"mixed"``: per sample and epoch, draw one of ``previous``, ``initial`` (start mask), ``empty``, ``full`` or
-  ``perturbed`` (the previous mask randomly eroded or dilated, with some of its blobs dropped).
+- ``"mixed"``: per sample and epoch, draw one of ``previous``, ``initial`` (start mask), ``empty``, ``full``,
+  ``perturbed`` (the previous mask randomly eroded or dilated, with some of its blobs dropped) or ``degraded`` (the
+  sample's *label* degraded the way a rough or half-edited annotation is: :func:`degrade_label`; what MONAI Label's
+  refine-my-mask feeds the network at test time).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Callable, Dict, Mapping
 
 import numpy as np
 from scipy import ndimage
+from skimage import draw, measure
 
-__all__ = ["MASK_SOURCES", "MIX_CHOICES", "DEFAULT_MIX", "perturb_mask", "normalize_mix"]
+__all__ = [
+    "MASK_SOURCES",
+    "MIX_CHOICES",
+    "DEFAULT_MIX",
+    "DEGRADATIONS",
+    "perturb_mask",
+    "normalize_mix",
+    "drop_components",
+    "polygon_per_component",
+    "box_per_component",
+    "degrade_label",
+]
 
 MASK_SOURCES = ("previous", "initial", "mixed")
-MIX_CHOICES = ("previous", "initial", "empty", "full", "perturbed")
+MIX_CHOICES = ("previous", "initial", "empty", "full", "perturbed", "degraded")
+#: the kinds of :func:`degrade_label`, drawn with equal probability
+DEGRADATIONS = ("eroded", "dilated", "components_dropped", "polygon", "box")
 DEFAULT_MIX: Dict[str, float] = {"previous": 0.25, "perturbed": 0.25, "initial": 0.25, "empty": 0.25}
 
 
@@ -55,4 +71,77 @@ def perturb_mask(
     if count:
         dropped = np.flatnonzero(rng.rand(count) < drop_probability) + 1
         binary &= ~np.isin(labels, dropped)
+    return binary[None].astype(np.uint8)
+
+
+def drop_components(mask: np.ndarray, fraction: float, rng: np.random.RandomState | np.random.Generator) -> np.ndarray:
+    """``mask`` (bool, any spatial shape) without ``round(fraction * n)`` of its ``n`` connected components, chosen
+    at random."""
+    labels = measure.label(mask)
+    ids = np.arange(1, labels.max() + 1)
+    dropped = rng.choice(ids, size=int(round(fraction * len(ids))), replace=False) if len(ids) else []
+    return mask & ~np.isin(labels, dropped)
+
+
+def _per_component(mask: np.ndarray, shape_of: Callable[[object], np.ndarray]) -> np.ndarray:
+    out = np.zeros_like(mask, dtype=bool)
+    for region in measure.regionprops(measure.label(mask)):
+        out |= shape_of(region)
+    return out
+
+
+def polygon_per_component(mask: np.ndarray, tolerance: float = 4.0) -> np.ndarray:
+    """Each connected component of a 2D bool ``mask`` replaced by its outline simplified to a coarse polygon
+    (Douglas-Peucker, ``tolerance`` px) and filled: a quick hand-drawn annotation."""
+    if mask.ndim != 2:
+        raise ValueError(f"polygon_per_component needs a 2D mask, got shape {mask.shape}.")
+
+    def shape(region) -> np.ndarray:
+        filled = np.zeros_like(mask, dtype=bool)
+        r0, c0 = region.bbox[:2]
+        for contour in measure.find_contours(np.pad(region.image, 1).astype(float), 0.5):
+            coarse = measure.approximate_polygon(contour, tolerance)
+            rr, cc = draw.polygon(coarse[:, 0] - 1 + r0, coarse[:, 1] - 1 + c0, mask.shape)
+            filled[rr, cc] = True
+        return filled
+
+    return _per_component(mask, shape)
+
+
+def box_per_component(mask: np.ndarray) -> np.ndarray:
+    """Each connected component of ``mask`` (bool, 2D or 3D) replaced by its bounding box."""
+
+    def shape(region) -> np.ndarray:
+        filled = np.zeros_like(mask, dtype=bool)
+        ndim = mask.ndim
+        filled[tuple(slice(region.bbox[i], region.bbox[i + ndim]) for i in range(ndim))] = True
+        return filled
+
+    return _per_component(mask, shape)
+
+
+def degrade_label(
+    label: np.ndarray, rng: np.random.RandomState, max_radius: int = 3, kind: str | None = None
+) -> np.ndarray:
+    """A rough annotation made from the true ``label`` (``(1, *spatial)``, > 0 is foreground): one of
+    :data:`DEGRADATIONS` drawn at random (or ``kind``) — eroded or dilated by 1..``max_radius`` px, 30 % of its
+    components dropped, a coarse polygon per component (2D; a box in 3D) or a bounding box per component. Training
+    on these teaches the network to refine a user's rough mask (MONAI Label's refine-my-mask). Returns uint8 0/1
+    ``(1, *spatial)``."""
+    binary = np.asarray(label[0]) > 0
+    kind = DEGRADATIONS[int(rng.randint(len(DEGRADATIONS)))] if kind is None else kind
+    if kind not in DEGRADATIONS:
+        raise ValueError(f"unknown degradation {kind!r}; choose from {list(DEGRADATIONS)}.")
+    structure = ndimage.generate_binary_structure(binary.ndim, 1)
+    radius = int(rng.randint(1, max_radius + 1))
+    if kind == "eroded":
+        binary = ndimage.binary_erosion(binary, structure, iterations=radius)
+    elif kind == "dilated":
+        binary = ndimage.binary_dilation(binary, structure, iterations=radius)
+    elif kind == "components_dropped":
+        binary = drop_components(binary, 0.3, rng)
+    elif kind == "polygon" and binary.ndim == 2:
+        binary = polygon_per_component(binary, tolerance=float(radius + 1))
+    else:
+        binary = box_per_component(binary)
     return binary[None].astype(np.uint8)

@@ -18,7 +18,7 @@ from monai.utils import convert_to_tensor
 
 from fanet_monai.feedback.cache import FeedbackMaskCache, sample_key
 from fanet_monai.feedback.masks import check_start_mask, start_mask
-from fanet_monai.feedback.sources import MASK_SOURCES, normalize_mix, perturb_mask
+from fanet_monai.feedback.sources import MASK_SOURCES, degrade_label, normalize_mix, perturb_mask
 
 __all__ = ["FeedbackMaskd"]
 
@@ -48,8 +48,10 @@ class FeedbackMaskd(MapTransform, Randomizable):
         mask_key: where to put the mask, float32 ``(1, *spatial)`` MetaTensor with the image's meta data.
         initial: the start mask, one of :data:`fanet_monai.feedback.masks.START_MASKS`.
         source: ``"previous"``, ``"initial"`` or ``"mixed"``.
-        mix: probabilities of ``"previous"``, ``"initial"``, ``"empty"``, ``"full"``, ``"perturbed"`` for the
-            ``"mixed"`` source (default :data:`~fanet_monai.feedback.sources.DEFAULT_MIX`).
+        mix: probabilities of ``"previous"``, ``"initial"``, ``"empty"``, ``"full"``, ``"perturbed"``,
+            ``"degraded"`` for the ``"mixed"`` source (default :data:`~fanet_monai.feedback.sources.DEFAULT_MIX`).
+        label_key: the label, read only by the ``"degraded"`` choice (the label degraded by
+            :func:`~fanet_monai.feedback.sources.degrade_label`).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class FeedbackMaskd(MapTransform, Randomizable):
         initial: str = "otsu",
         source: str = "previous",
         mix: Mapping[str, float] | None = None,
+        label_key: str = "label",
     ) -> None:
         super().__init__(keys)
         if len(self.keys) != 1:
@@ -72,6 +75,7 @@ class FeedbackMaskd(MapTransform, Randomizable):
         self.initial = initial
         self.source = source
         self.mix = normalize_mix(mix)
+        self.label_key = label_key
         self._choice = "previous"
 
     def initial_mask(self, image: torch.Tensor) -> torch.Tensor:
@@ -105,6 +109,15 @@ class FeedbackMaskd(MapTransform, Randomizable):
             mask = torch.zeros(shape)
         elif choice == "full":
             mask = torch.ones(shape)
+        elif choice == "degraded":
+            if self.label_key not in d:
+                raise KeyError(f"{key}: the 'degraded' feedback mask source needs the label under "
+                               f"{self.label_key!r}; this sample has keys {sorted(map(str, d))}.")
+            label = convert_to_tensor(d[self.label_key], track_meta=False).detach().cpu().numpy()
+            if tuple(label.shape[1:]) != tuple(image.shape[1:]):
+                raise ValueError(f"{key}: label spatial shape {tuple(label.shape[1:])} differs from the image's "
+                                 f"{tuple(image.shape[1:])}; place FeedbackMaskd after the label is resized too.")
+            mask = torch.as_tensor(degrade_label(label[:1] > 0.5, self.R), dtype=torch.float32)
         else:
             cached = None if choice == "initial" else self._cached(key, image)
             if cached is None:
