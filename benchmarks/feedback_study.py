@@ -159,9 +159,9 @@ def _early(record: dict, metric: str) -> float:
     return float(next(r[metric] for r in record["rows"] if r["pass"] == "early_stop"))
 
 
-def mean_sd(values: Iterable[float]) -> str:
+def mean_sd(values: Iterable[float], digits: int = 3) -> str:
     v = np.asarray(list(values), dtype=float)
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if v.size > 1 else f"{v.mean():.3f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else f"{v.mean():.{digits}f}"
 
 
 def paired_difference(a: List[float], b: List[float]) -> str:
@@ -174,60 +174,95 @@ def paired_difference(a: List[float], b: List[float]) -> str:
     return f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]{real}"
 
 
+def _cells(config: str, mine: List[dict], keyed: Dict[tuple, dict]) -> List[str]:
+    """One table row: per-pass means ± sd, refinement gains (last pass - pass 1) and paired differences."""
+    refined = CONFIGS[config][2] > 1
+    first = {m: [_per_pass(r, m)[0] for r in mine] for m in METRICS}
+    last = {m: [_per_pass(r, m)[-1] for r in mine] for m in METRICS}
+    epochs = np.mean([r["epochs"] for r in mine])
+    cells = [CONFIGS[config][0], str(len(mine)), mean_sd(first["f1"]),
+             mean_sd(last["f1"]) if refined else "–",
+             paired_difference(last["f1"], first["f1"]) if refined else "–",
+             f"{mean_sd(_early(r, 'f1') for r in mine)} ({np.mean([_early(r, 'mean_passes') for r in mine]):.1f})"
+             if refined else "–",
+             mean_sd(first["cldice"]), mean_sd(last["cldice"]) if refined else "–",
+             paired_difference(last["cldice"], first["cldice"]) if refined else "–",
+             mean_sd(first["betti0_error"], 1), mean_sd(last["betti0_error"], 1) if refined else "–"]
+    for baseline in ("basicunet", "b1"):
+        pairs = [(r, keyed.get((baseline, r["fold"], r["seed"]))) for r in mine]
+        pairs = [(a, b) for a, b in pairs if b is not None]
+        cells.append(paired_difference([_early(a, "f1") for a, _ in pairs], [_early(b, "f1") for _, b in pairs])
+                     if pairs and config != baseline else "–")
+    cells.append(f"{np.mean([r['train_s'] for r in mine]):.0f} ({epochs:.0f})")
+    return cells
+
+
+HEADER = ("| configuration | runs | Dice p1 | Dice last pass | Δ Dice last − p1 [95 % CI] | Dice early stop (passes) "
+          "| clDice p1 | clDice last | Δ clDice last − p1 [95 % CI] | Betti-0 err p1 | Betti-0 err last "
+          "| Δ Dice vs BasicUNet [95 % CI] | Δ Dice vs B1 [95 % CI] | train s (epochs) |")
+
+
+def _groups(runs: List[dict]) -> List[tuple]:
+    return sorted({(r["dataset"], r["budget"]) for r in runs if r["config"] in BASELINES or r["budget"] == "epochs"})
+
+
+def _budget_runs(runs: List[dict], dataset: str, budget: str) -> List[dict]:
+    """The runs of one table: at equal time, FANet keeps its epochs and the baselines got its seconds."""
+    rs = [r for r in runs if r["dataset"] == dataset and r["budget"] == budget]
+    if budget == "time":
+        rs += [r for r in runs if r["dataset"] == dataset and r["budget"] == "epochs" and r["config"] not in BASELINES]
+    return rs
+
+
 def report(runs: List[dict], plot: Path | None = None) -> str:
-    """Markdown tables per (data set, budget) and, with ``plot``, the Dice-vs-pass PNG with sd error bars."""
+    """Markdown tables per (data set, budget) and, with ``plot``, Dice- and clDice-vs-pass PNGs with sd error bars.
+
+    Differences are paired (same fold and seed) with a 95 % t-interval; ``*`` marks an interval that excludes 0."""
     lines = []
-    groups = sorted({(r["dataset"], r["budget"]) for r in runs if r["config"] in BASELINES or r["budget"] == "epochs"})
+    groups = _groups(runs)
     for dataset, budget in groups:
-        rs = [r for r in runs if r["dataset"] == dataset and r["budget"] == budget]
-        if budget == "time":  # FANet keeps its epochs; the baselines got its seconds
-            rs += [r for r in runs if r["dataset"] == dataset and r["budget"] == "epochs" and r["config"] not in BASELINES]
+        rs = _budget_runs(runs, dataset, budget)
         keyed = {(r["config"], r["fold"], r["seed"]): r for r in rs}
         configs = [c for c in CONFIGS if any(r["config"] == c for r in rs)]
-        lines += [f"\n### {dataset}, equal {budget} ({len({(r['fold'], r['seed']) for r in rs})} fold×seed runs)\n",
-                  "| configuration | runs | Dice p1 | Dice last pass | Dice early stop (passes) | clDice p1 | clDice last "
-                  "| Betti-0 err p1 | Betti-0 err last | Δ Dice vs BasicUNet [95 % CI] | Δ Dice vs B1 [95 % CI] "
-                  "| train s |", "|" + "---|" * 12]
+        lines += [f"\n### {dataset}, equal {budget} ({len({(r['fold'], r['seed']) for r in rs})} fold×seed pairs)\n",
+                  HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
         for config in configs:
-            mine = [r for r in rs if r["config"] == config]
-            last = [_per_pass(r, "f1")[-1] for r in mine]
-            cells = [CONFIGS[config][0], str(len(mine)), mean_sd(_per_pass(r, "f1")[0] for r in mine),
-                     mean_sd(last) if CONFIGS[config][2] > 1 else "–",
-                     f"{mean_sd(_early(r, 'f1') for r in mine)} ({np.mean([_early(r, 'mean_passes') for r in mine]):.1f})",
-                     mean_sd(_per_pass(r, "cldice")[0] for r in mine), mean_sd(_per_pass(r, "cldice")[-1] for r in mine),
-                     mean_sd(_per_pass(r, "betti0_error")[0] for r in mine),
-                     mean_sd(_per_pass(r, "betti0_error")[-1] for r in mine)]
-            for baseline in ("basicunet", "b1"):
-                pairs = [(r, keyed.get((baseline, r["fold"], r["seed"]))) for r in mine]
-                pairs = [(a, b) for a, b in pairs if b is not None]
-                cells.append(paired_difference([_early(a, "f1") for a, _ in pairs], [_early(b, "f1") for _, b in pairs])
-                             if pairs and config != baseline else "–")
-            cells.append(f"{np.mean([r['train_s'] for r in mine]):.0f}")
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join(_cells(config, [r for r in rs if r["config"] == config], keyed)) + " |")
     if plot is not None and runs:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-        for ax, (dataset, budget) in zip(axes[0], groups):
-            for config in CONFIGS:
-                run_budget = budget if config in BASELINES else "epochs"
-                mine = [r for r in runs if (r["dataset"], r["budget"], r["config"]) == (dataset, run_budget, config)]
-                if not mine:
-                    continue
-                curves = np.array([_per_pass(r, "f1") for r in mine])
-                x = np.arange(1, curves.shape[1] + 1)
-                sd = curves.std(axis=0, ddof=1) if len(mine) > 1 else np.zeros(curves.shape[1])
-                ax.errorbar(x, curves.mean(axis=0), yerr=sd, marker="o", ms=3, capsize=2, label=config)
-            ax.set(title=f"{dataset} (equal {budget})", xlabel="refinement pass", ylabel="Dice (mean ± sd over runs)")
-            ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        fig.savefig(plot, dpi=120)
+        plot_passes(runs, groups, plot)
         lines.append(f"\nplot: {plot}")
     return "\n".join(lines)
+
+
+def plot_passes(runs: List[dict], groups: List[tuple], path: Path) -> None:
+    """Dice (top row) and clDice (bottom row) against the refinement pass, mean ± sd over runs, per table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    groups = [g for g in groups if g[1] == "epochs"] or groups  # refinement curves do not depend on the budget
+    fig, axes = plt.subplots(2, len(groups), figsize=(5 * len(groups), 7.5), squeeze=False)
+    for column, (dataset, budget) in enumerate(groups):
+        for row, (metric, label) in enumerate((("f1", "Dice"), ("cldice", "clDice"))):
+            ax = axes[row][column]
+            for config in CONFIGS:
+                mine = [r for r in _budget_runs(runs, dataset, budget) if r["config"] == config]
+                if not mine:
+                    continue
+                curves = np.array([_per_pass(r, metric) for r in mine])
+                x = np.arange(1, curves.shape[1] + 1)
+                sd = curves.std(axis=0, ddof=1) if len(mine) > 1 else np.zeros(curves.shape[1])
+                style = dict(marker="o", ms=3, capsize=2) if curves.shape[1] > 1 else dict(marker="s", ms=5, capsize=3)
+                ax.errorbar(x, curves.mean(axis=0), yerr=sd, label=f"{config} (n={len(mine)})", **style)
+            ax.set(title=f"{dataset}: {label} per pass", xlabel="refinement pass", ylabel=f"{label} (mean ± sd)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+        axes[0][column].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: List[str] | None = None) -> List[dict]:
@@ -241,6 +276,8 @@ def main(argv: List[str] | None = None) -> List[dict]:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--fold-size", type=int, default=6)
     parser.add_argument("--budget", choices=["epochs", "time", "both"], default="epochs")
+    parser.add_argument("--time-configs", nargs="*", default=["basicunet", "b1"], choices=list(BASELINES),
+                        help="baselines also trained for the default FANet's seconds (--budget time/both)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--passes", type=int, default=10, help="refinement passes evaluated for FANet")
     parser.add_argument("--epochs", type=int, default=14)
@@ -291,7 +328,7 @@ def main(argv: List[str] | None = None) -> List[dict]:
                             continue
                         seconds = None
                         if budget == "time":
-                            if config == TIME_REFERENCE or config not in BASELINES:
+                            if config not in args.time_configs:
                                 continue  # equal time is the baselines' budget; FANet keeps its epochs
                             ref = [r for r in load_runs(log) if (r["dataset"], r["config"], r["fold"], r["seed"],
                                    r["budget"]) == (dataset, TIME_REFERENCE, fold, seed, "epochs")]
