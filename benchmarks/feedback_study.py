@@ -147,6 +147,17 @@ def run_one(config: str, dataset: str, fold: int, seed: int, datalist: Path, wor
             "rows": rows}
 
 
+def parse_pairs(pairs: Iterable[str]) -> List[tuple]:
+    """``["0:0", "2:1"]`` -> ``[(0, 0), (2, 1)]`` (fold, seed)."""
+    out = []
+    for pair in pairs:
+        fold, sep, seed = pair.partition(":")
+        if not (sep and fold.isdigit() and seed.isdigit()):
+            raise SystemExit(f"--pairs takes FOLD:SEED with whole numbers, e.g. 2:1; got {pair!r}.")
+        out.append((int(fold), int(seed)))
+    return out
+
+
 def load_runs(path: Path) -> List[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
@@ -274,6 +285,8 @@ def main(argv: List[str] | None = None) -> List[dict]:
     parser.add_argument("--configs", nargs="*", default=None, help=f"subset of {list(CONFIGS)}")
     parser.add_argument("--folds", type=int, nargs="*", default=[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
+    parser.add_argument("--pairs", nargs="*", default=None,
+                        help="FOLD:SEED pairs instead of every fold with every seed, e.g. --pairs 0:0 2:1 4:2")
     parser.add_argument("--fold-size", type=int, default=6)
     parser.add_argument("--budget", choices=["epochs", "time", "both"], default="epochs")
     parser.add_argument("--time-configs", nargs="*", default=["basicunet", "b1"], choices=list(BASELINES),
@@ -306,7 +319,8 @@ def main(argv: List[str] | None = None) -> List[dict]:
         args.configs = args.configs or ["basicunet", "b1", "b4_default"]
         args.budget = "both"
     if args.stage == "screen" and not args.smoke:
-        args.folds, args.seeds = args.folds[:1], args.seeds[:1]
+        args.folds, args.seeds, args.pairs = args.folds[:1], args.seeds[:1], None
+    pairs = parse_pairs(args.pairs) if args.pairs else [(f, s) for f in args.folds for s in args.seeds]
     configs = args.configs or list(CONFIGS)
     if args.stage == "final":
         configs = list(dict.fromkeys([*BASELINES, *configs]))
@@ -319,31 +333,30 @@ def main(argv: List[str] | None = None) -> List[dict]:
     order = sorted(configs, key=lambda c: c != TIME_REFERENCE)
     for dataset in args.datasets:
         data = prepare_data(dataset, work, Path(args.data), num_synthetic, args.size)
-        for fold in args.folds:
+        for fold, seed in pairs:
             datalist = fold_datalist(data, fold, args.fold_size, work / "datalists" / f"{dataset}_fold{fold}.json")
-            for seed in args.seeds:
-                for budget in budgets:
-                    for config in order:
-                        if (dataset, config, fold, seed, budget) in done:
-                            continue
-                        seconds = None
-                        if budget == "time":
-                            if config not in args.time_configs:
-                                continue  # equal time is the baselines' budget; FANet keeps its epochs
-                            ref = [r for r in load_runs(log) if (r["dataset"], r["config"], r["fold"], r["seed"],
-                                   r["budget"]) == (dataset, TIME_REFERENCE, fold, seed, "epochs")]
-                            if not ref:
-                                raise SystemExit(f"equal-time runs need {TIME_REFERENCE} on {dataset} fold {fold} "
-                                                 f"seed {seed} first: include it in --configs.")
-                            seconds = ref[0]["train_s"]
-                            common_b = dict(common, max_epochs=100 * args.epochs)  # the clock stops it
-                        else:
-                            common_b = common
-                        record = run_one(config, dataset, fold, seed, datalist, work, common_b, args.passes, seconds)
-                        with log.open("a") as f:
-                            f.write(json.dumps(record, default=float) + "\n")
-                        print(f"done: {dataset} {config} fold {fold} seed {seed} ({budget}): "
-                              f"Dice p1 {_per_pass(record, 'f1')[0]:.3f}, {record['train_s']:.0f} s", flush=True)
+            for budget in budgets:
+                for config in order:
+                    if (dataset, config, fold, seed, budget) in done:
+                        continue
+                    seconds = None
+                    if budget == "time":
+                        if config not in args.time_configs:
+                            continue  # equal time is the baselines' budget; FANet keeps its epochs
+                        ref = [r for r in load_runs(log) if (r["dataset"], r["config"], r["fold"], r["seed"],
+                               r["budget"]) == (dataset, TIME_REFERENCE, fold, seed, "epochs")]
+                        if not ref:
+                            raise SystemExit(f"equal-time runs need {TIME_REFERENCE} on {dataset} fold {fold} "
+                                             f"seed {seed} first: include it in --configs.")
+                        seconds = ref[-1]["train_s"]  # the latest, should the reference have been re-run
+                        common_b = dict(common, max_epochs=100 * args.epochs)  # the clock stops it
+                    else:
+                        common_b = common
+                    record = run_one(config, dataset, fold, seed, datalist, work, common_b, args.passes, seconds)
+                    with log.open("a") as f:
+                        f.write(json.dumps(record, default=float) + "\n")
+                    print(f"done: {dataset} {config} fold {fold} seed {seed} ({budget}): "
+                          f"Dice p1 {_per_pass(record, 'f1')[0]:.3f}, {record['train_s']:.0f} s", flush=True)
     print(report(load_runs(log), work / "dice_per_pass.png"))
     print(f"\nruns: {log}")
     return load_runs(log)

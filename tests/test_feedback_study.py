@@ -61,6 +61,12 @@ def test_paired_difference_marks_only_intervals_that_exclude_zero():
     assert study.mean_sd([1.0, 3.0]) == "2.000 ± 1.414"
 
 
+def test_pairs_parse_fold_and_seed():
+    assert study.parse_pairs(["0:0", "2:1", "4:2"]) == [(0, 0), (2, 1), (4, 2)]
+    with pytest.raises(SystemExit, match="FOLD:SEED"):
+        study.parse_pairs(["2-1"])
+
+
 def test_fold_datalist_holds_out_a_contiguous_block(tmp_path):
     (tmp_path / "images").mkdir()
     for i in range(9):
