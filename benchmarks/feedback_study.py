@@ -175,14 +175,14 @@ def mean_sd(values: Iterable[float], digits: int = 3) -> str:
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else f"{v.mean():.{digits}f}"
 
 
-def paired_difference(a: List[float], b: List[float]) -> str:
+def paired_difference(a: List[float], b: List[float], digits: int = 3) -> str:
     """Mean of ``a - b`` over paired runs with a 95 % t-interval; ``*`` marks an interval that excludes 0."""
     d = np.asarray(a) - np.asarray(b)
     if d.size < 2:
-        return f"{d.mean():+.3f}"
+        return f"{d.mean():+.{digits}f}"
     half = stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
     real = "*" if abs(d.mean()) > half else ""
-    return f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]{real}"
+    return f"{d.mean():+.{digits}f} [{d.mean() - half:+.{digits}f}, {d.mean() + half:+.{digits}f}]{real}"
 
 
 def _cells(config: str, mine: List[dict], keyed: Dict[tuple, dict]) -> List[str]:
@@ -198,7 +198,8 @@ def _cells(config: str, mine: List[dict], keyed: Dict[tuple, dict]) -> List[str]
              if refined else "–",
              mean_sd(first["cldice"]), mean_sd(last["cldice"]) if refined else "–",
              paired_difference(last["cldice"], first["cldice"]) if refined else "–",
-             mean_sd(first["betti0_error"], 1), mean_sd(last["betti0_error"], 1) if refined else "–"]
+             mean_sd(first["betti0_error"], 1), mean_sd(last["betti0_error"], 1) if refined else "–",
+             paired_difference(last["betti0_error"], first["betti0_error"], 1) if refined else "–"]
     # the final (early-stop) Dice against each baseline's; against the default FANet's *first pass*: do the passes
     # of this configuration beat one pass of the default?
     for baseline, theirs in (("basicunet", _early), ("b1", _early), (TIME_REFERENCE, lambda r, m: _per_pass(r, m)[0])):
@@ -212,6 +213,7 @@ def _cells(config: str, mine: List[dict], keyed: Dict[tuple, dict]) -> List[str]
 
 HEADER = ("| configuration | runs | Dice p1 | Dice last pass | Δ Dice last − p1 [95 % CI] | Dice early stop (passes) "
           "| clDice p1 | clDice last | Δ clDice last − p1 [95 % CI] | Betti-0 err p1 | Betti-0 err last "
+          "| Δ Betti-0 err last − p1 [95 % CI] "
           "| Δ Dice vs BasicUNet [95 % CI] | Δ Dice vs B1 [95 % CI] | Δ Dice vs default FANet p1 [95 % CI] "
           "| train s (epochs) |")
 
@@ -257,19 +259,22 @@ def plot_passes(runs: List[dict], groups: List[tuple], path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     groups = [g for g in groups if g[1] == "epochs"] or groups  # refinement curves do not depend on the budget
+    # screen-only configurations (one run) are left out of a data set that has a final stage (several runs)
+    most = {d: max(sum(1 for r in _budget_runs(runs, d, b) if r["config"] == c) for c in CONFIGS) for d, b in groups}
     fig, axes = plt.subplots(2, len(groups), figsize=(5 * len(groups), 7.5), squeeze=False)
     for column, (dataset, budget) in enumerate(groups):
         for row, (metric, label) in enumerate((("f1", "Dice"), ("cldice", "clDice"))):
             ax = axes[row][column]
-            for config in CONFIGS:
+            for index, config in enumerate(CONFIGS):
                 mine = [r for r in _budget_runs(runs, dataset, budget) if r["config"] == config]
-                if not mine:
+                if not mine or len(mine) == 1 < most[dataset]:
                     continue
                 curves = np.array([_per_pass(r, metric) for r in mine])
                 x = np.arange(1, curves.shape[1] + 1)
                 sd = curves.std(axis=0, ddof=1) if len(mine) > 1 else np.zeros(curves.shape[1])
                 style = dict(marker="o", ms=3, capsize=2) if curves.shape[1] > 1 else dict(marker="s", ms=5, capsize=3)
-                ax.errorbar(x, curves.mean(axis=0), yerr=sd, label=f"{config} (n={len(mine)})", **style)
+                ax.errorbar(x, curves.mean(axis=0), yerr=sd, label=f"{config} (n={len(mine)})",
+                            color=plt.cm.tab20(index % 20), **style)
             ax.set(title=f"{dataset}: {label} per pass", xlabel="refinement pass", ylabel=f"{label} (mean ± sd)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
