@@ -6,7 +6,8 @@ evaluation bundle on a held-out fold, with Dice and the connectivity metrics (cl
 structures) and with the paper's polarity (cell interiors), and a synthetic thin-structure set
 (:func:`fanet_monai.data.make_thin_structure_dataset`: branching 1-4 px curves with gaps).
 
-Folds are contiguous blocks of ``--fold-size`` images (ISBI: 6 slices; train on the rest). A *run* is one
+Folds are contiguous blocks of ``--fold-size`` images (ISBI: 6 slices; train on the rest). Training runs without
+validation and the last epoch's weights are evaluated, so the held-out fold never picks a checkpoint. A *run* is one
 (data set, configuration, fold, seed); each finished run is appended to ``WORKDIR/runs.jsonl`` and skipped when the
 study is started again, so an interrupted study resumes. The report gives, per data set and configuration, the mean
 ± sd over runs of Dice / clDice / Betti-0 error per pass and the **paired** difference to BasicUNet and to FANet B1
@@ -16,8 +17,8 @@ Budgets: ``--budget epochs`` trains every configuration for ``--epochs``; ``--bu
 training seconds that the bundle's default FANet took on the same fold and seed (``max_train_seconds``).
 
     python benchmarks/feedback_study.py --stage screen              # every configuration on fold 0, seed 0
-    python benchmarks/feedback_study.py --stage final --configs b4_default b4_unrolled3 b4_random_k \\
-        --folds 0 2 4 --seeds 0 1                                    # the best three + baselines, 6 runs each
+    python benchmarks/feedback_study.py --stage final --configs b4_default b4_probability b4_empty_start \\
+        --pairs 0:0 2:1 4:2 --budget both                            # the best + baselines on 3 (fold, seed) pairs
     python benchmarks/feedback_study.py --report --workdir runs/study  # tables + Dice-vs-pass plot from runs.jsonl
     python benchmarks/feedback_study.py --smoke                      # tiny synthetic run of every step (CI)
 """
