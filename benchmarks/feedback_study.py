@@ -139,7 +139,7 @@ def run_one(config: str, dataset: str, fold: int, seed: int, datalist: Path, wor
     last = latest_intact_checkpoint(root / "models")
     evaluation = run_workflow(
         bundle_configs("train", "evaluate"), "evaluating",
-        **dict(settings, ckpt_path=last, **{"evaluate#handlers#0#load_dict": {"network": "@network"}}, num_passes=passes, num_qualitative=0, check_data=False,
+        **dict(settings, ckpt_path=last, num_passes=passes, num_qualitative=0, check_data=False,
                eval_metrics=["jaccard", "f1", *METRICS[1:]]),
     )
     rows = evaluation.parser.get_parsed_content("evaluate#pass_metrics").rows

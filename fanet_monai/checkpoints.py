@@ -40,6 +40,7 @@ __all__ = [
     "BestMetricSaver",
     "EpochCheckpointSaver",
     "checked_checkpoint",
+    "model_load_dict",
     "latest_checkpoint",
     "latest_intact_checkpoint",
     "load_checkpoint",
@@ -226,10 +227,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         ) from error
 
 
+#: top-level keys of checkpoints already loaded by this process (path -> keys), so configs do not load them twice
+_KEYS: dict[str, set] = {}
+
+
 def checked_checkpoint(path: str | os.PathLike) -> str:
     """``path`` after checking that it loads (see :func:`load_checkpoint`); for bundle configs."""
-    load_checkpoint(path)
+    content = load_checkpoint(path)
+    _KEYS[str(path)] = set(content) if isinstance(content, Mapping) else set()
     return str(path)
+
+
+def model_load_dict(path: str | os.PathLike, network: Any) -> dict[str, Any]:
+    """``CheckpointLoader``'s ``load_dict`` for evaluating ``path``: ``{"network": network}`` for a training
+    checkpoint (``checkpoint_epoch=N.pt`` holds the weights under ``"network"``), else ``{"model": network}``
+    (``model.pt``, a bare state dict). So the evaluation bundle scores any epoch, not only the best one."""
+    keys = _KEYS.get(str(path))
+    if keys is None:
+        content = load_checkpoint(path)
+        keys = set(content) if isinstance(content, Mapping) else set()
+    return {"network": network} if "network" in keys else {"model": network}
 
 
 def _epoch_checkpoints(ckpt_dir: str | os.PathLike, prefix: str) -> list[tuple[int, Path]]:
@@ -253,9 +270,6 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -
     if not found:
         raise FileNotFoundError(f"{Path(ckpt_dir)}: no '{prefix}_epoch=N.pt' checkpoint to resume from.")
     return str(found[0][1])
-
-
-_KEYS: dict[str, set] = {}
 
 
 def latest_intact_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str:

@@ -18,7 +18,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from fanet_monai.bundle import load_workflow
-from fanet_monai.checkpoints import BestMetricSaver, latest_intact_checkpoint, load_checkpoint
+from fanet_monai.checkpoints import BestMetricSaver, latest_intact_checkpoint, load_checkpoint, model_load_dict
 from fanet_monai.data import make_synthetic_dataset
 from fanet_monai.errors import InputError, RunOwnershipError
 from fanet_monai.io import TEMP_SUFFIX, atomic_write
@@ -296,3 +296,13 @@ def test_a_checkpoint_from_before_run_records_resumes_with_a_warning(tmp_path):
                    **{"network_def#channels": [4, 8, 16], "network_def#blocks_per_stage": 1})
     assert wf.parser.get_parsed_content("train#trainer").state.epoch == 2
     assert read_run(tmp_path / "run")["status"] == "finished" and epochs_on_disk(tmp_path / "run") == [1, 2]
+
+
+def test_model_load_dict_matches_the_checkpoint_kind(tmp_path):
+    net = torch.nn.Linear(2, 1)
+    torch.save(net.state_dict(), tmp_path / "model.pt")  # model.pt: a bare state dict
+    torch.save({"network": net.state_dict(), "optimizer": {}}, tmp_path / "checkpoint_epoch=3.pt")
+    assert model_load_dict(tmp_path / "model.pt", net) == {"model": net}
+    assert model_load_dict(tmp_path / "checkpoint_epoch=3.pt", net) == {"network": net}
+    with pytest.raises(InputError, match="checkpoint not found"):
+        model_load_dict(tmp_path / "missing.pt", net)
