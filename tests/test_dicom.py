@@ -5,6 +5,7 @@ pixels."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import fire
@@ -13,15 +14,18 @@ import numpy as np
 import pydicom
 import pytest
 from monai.transforms import LoadImage
+from pydicom.encaps import encapsulate
 from pydicom.uid import generate_uid
 
 from dicom_support import DCIODVFY, INFER, dciodvfy_errors, fanet_infer_png, smooth_rgb
 from fanet_monai.cli import FanetCLI
 from fanet_monai.data.readers import BitmapReader
 from fanet_monai.dicom import DicomReader, SourceError, check_source
+from fanet_monai.dicom.pipeline import dicom_infer
 from fanet_monai.dicom.predictor import ModelIdentity
 from fanet_monai.dicom.reader import decode_frame, read_header
-from fanet_monai.dicom.samples import make_source, save
+from fanet_monai.dicom.samples import _jpeg, make_source, save
+from fanet_monai.errors import InputError
 from fanet_monai.dicom.seg import SegSettings, build_segmentations, seg_uids
 
 H, W = 50, 62  # odd, non-square
@@ -204,7 +208,7 @@ def test_dicom_infer_matches_fanet_infer_and_reports_bad_sources(tmp_path, tiny_
     with pytest.raises(SystemExit) as exit_info:
         fire.Fire(FanetCLI, command=["dicom_infer", str(inputs), str(out), "--bundle_root", str(tiny_bundle_root),
                                      *[f"--{k}={v}".replace(" ", "") for k, v in INFER.items()]])
-    assert exit_info.value.code == 1  # some sources failed
+    assert exit_info.value.code == 3  # EXIT_PARTIAL: some sources failed
     logged = caplog.text + capsys.readouterr().out  # the bundle's logging.conf re-routes logging to stdout
     failures = {line[line.index("FAILED "):] for line in logged.splitlines() if "FAILED " in line}
     assert len(failures) == len(bad)
@@ -298,3 +302,96 @@ def test_inference_config_keeps_the_monai_deploy_contract(tmp_path, tiny_bundle_
     for transform in predictor.postprocessing:
         out = transform(out)
     assert out["pred"].shape == (1, W, H)  # channel kept, back at the source size (reader's W, H order)
+
+
+# -- dicom_infer: duplicates, pixel data length, no DICOM files, output folder ----------------------------------------
+SMALL = 32
+
+
+def unusable_copy(good: Path, broken: Path, how: str) -> None:
+    """A broken copy of ``good`` (same SOP Instance UID): the file cut inside its pixel data, or its JPEG stream cut."""
+    if how == "cut_file":
+        broken.write_bytes(good.read_bytes()[:-500])
+        return
+    ds = read_header(good)
+    frame = _jpeg(smooth_rgb(SMALL, SMALL, seed=3))
+    jpeg = make_source(smooth_rgb(SMALL, SMALL, seed=3), "ES", jpeg=True, study_uid=ds.StudyInstanceUID,
+                       series_uid=ds.SeriesInstanceUID)
+    jpeg.SOPInstanceUID = jpeg.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    jpeg.PixelData = encapsulate([frame[:len(frame) // 3]])
+    save(jpeg, broken)
+
+
+@pytest.mark.parametrize("how", ["cut_file", "cut_jpeg_stream"])
+def test_dicom_infer_segments_the_copy_that_decodes(tmp_path, tiny_bundle_root, how):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = Path(save(make_source(smooth_rgb(SMALL, SMALL, seed=3), "ES"), inputs / "b.dcm"))
+    unusable_copy(good, inputs / "a.dcm", how)  # listed first
+    summary = dicom_infer([inputs], tmp_path / "out", str(tiny_bundle_root), **INFER)
+    uid = read_header(good).SOPInstanceUID
+    assert (summary.done, summary.segs, summary.failed) == (1, 1, [])
+    assert (tmp_path / "out" / f"{uid}.seg.dcm").is_file()
+    [note] = summary.notes
+    assert str(inputs / "a.dcm") in note and str(good) in note and uid in note and "\n" not in note
+
+
+def test_native_pixel_data_must_hold_exactly_what_the_header_declares(tmp_path):
+    rgb = smooth_rgb(2 * SMALL, 2 * SMALL, seed=4)
+    larger = make_source(rgb, "ES")  # 64 x 64 of pixels declared as 32 x 32
+    larger.Rows = larger.Columns = SMALL
+    shorter = make_source(rgb, "ES")
+    shorter.PixelData = shorter.PixelData[:-6]
+    odd = make_source(rgb[:31, :31, 0], "SC")  # 961 bytes and the padding byte
+    paths = {name: Path(save(ds, tmp_path / f"{name}.dcm")) for name, ds in
+             [("larger", larger), ("shorter", shorter), ("odd", odd)]}
+    check_source(read_header(paths["odd"]), paths["odd"])
+    for name in ("larger", "shorter"):
+        where = re.escape(str(paths[name]))
+        with pytest.raises(SourceError, match=rf"^{where}: SOP Instance UID .*: PixelData holds") as info:
+            check_source(read_header(paths[name]), paths[name])
+        assert "\n" not in str(info.value)
+    summary = dicom_infer([paths["larger"]], tmp_path / "out", str(tmp_path))  # refused before the model loads
+    assert summary.segs == 0 and len(summary.failed) == 1 and "PixelData holds 12288 bytes" in summary.failed[0]
+    assert "32 × 32 × 3 × 1 × 1 = 3072" in summary.failed[0]
+
+
+def test_dicom_infer_without_dicom_files_is_an_input_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    where = re.escape(str(empty))
+    with pytest.raises(InputError, match=rf"^{where}: no DICOM files found; give a DICOM file or a folder"):
+        dicom_infer([empty], tmp_path / "out", str(tmp_path))
+    (empty / "README.txt").write_text("scans follow\n")
+    with pytest.raises(InputError, match=rf"^{where}: no DICOM files found \(1 other file\(s\) ignored\); give"):
+        dicom_infer([empty], tmp_path / "out", str(tmp_path))
+
+
+def test_dicom_infer_notes_stray_files_and_fails_broken_dicom(tmp_path, rgb):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "README.txt").write_text("scans follow\n")
+    full = Path(save(make_source(rgb, "ES"), tmp_path / "full.dcm")).read_bytes()
+    (inputs / "header_only.dcm").write_bytes(full[:200])
+    (inputs / "broken.dcm").write_bytes(b"\x00garbage, not DICOM" * 50)
+    summary = dicom_infer([inputs], tmp_path / "out", str(tmp_path))  # no usable source: no model needed
+    assert len(summary.failed) == 2 and not any("README" in line for line in summary.failed)
+    assert summary.notes == [f"{inputs / 'README.txt'}: not a DICOM file, ignored"]
+    [header_only] = [line for line in summary.failed if "header_only.dcm" in line]
+    assert header_only.startswith(str(inputs / "header_only.dcm")) and "has no PixelData" not in header_only
+    assert "is truncated: the file ends (200 bytes) before its pixel data" in header_only
+    assert any(line.startswith(f"{inputs / 'broken.dcm'}: not a readable DICOM file") for line in summary.failed)
+    for value in PHI:
+        assert not any(value in line for line in summary.failed + summary.notes)
+
+
+def test_dicom_infer_checks_the_output_folder_first(tmp_path, rgb):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    save(make_source(rgb, "ES"), inputs / "es.dcm")
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "out"
+    # tmp_path holds no weights: loading the model first would raise FileNotFoundError instead
+    where = re.escape(str(out))
+    with pytest.raises(InputError, match=rf"^{where}: cannot write to the output folder \(Not a directory\); choose"):
+        dicom_infer([inputs], out, str(tmp_path))

@@ -1,8 +1,12 @@
 """DICOM files in, DICOM SEG files out (``fanet dicom_infer``): check every source, infer each one with the
 bundle (:class:`~fanet_monai.dicom.predictor.BundlePredictor`), write one SEG per source (highdicom).
 
-A source that cannot be processed gets one log line naming the file, its SOP Instance UID and the reason; the
-others are processed. Logs carry file names and UIDs only, never patient name, ID or birth date."""
+The output folder is checked first (:func:`~fanet_monai.data.inputs.writable_dir`), then every source, then the
+model is loaded. A source that cannot be processed gets one log line naming the file, its SOP Instance UID and the
+reason; the others are processed. An instance found in several files is segmented once, from the first copy that
+works. Files that are not DICOM (no ``.dcm``/``.dicom`` name, no ``DICM`` marker) are noted and ignored; no DICOM
+file at all is an :class:`~fanet_monai.errors.InputError`. Logs carry file names and UIDs only, never patient name,
+ID or birth date."""
 
 from __future__ import annotations
 
@@ -15,28 +19,47 @@ from typing import Iterable, Sequence
 
 from pydicom.dataset import Dataset
 
+from fanet_monai.data.inputs import writable_dir
 from fanet_monai.dicom.predictor import BundlePredictor
-from fanet_monai.dicom.reader import SourceError, check_source, number_of_frames, read_header
+from fanet_monai.dicom.reader import SourceError, check_source, looks_like_dicom, number_of_frames, read_header
 from fanet_monai.dicom.seg import SegSettings, build_segmentations
+from fanet_monai.errors import InputError
 
-__all__ = ["Summary", "dicom_files", "segment_source", "dicom_infer"]
+__all__ = ["Source", "Summary", "checked_sources", "dicom_files", "dicom_infer", "segment_source"]
 
 logger = logging.getLogger("fanet_monai.dicom")
 
 
 @dataclass
 class Summary:
-    """Counts of a run; ``failed`` holds one line per source that could not be processed."""
+    """Counts of a run; ``failed`` holds one line per source that could not be processed, ``notes`` one line per
+    file that was left out without failing the run (not a DICOM file; an unusable copy of an instance that was
+    segmented from another file)."""
 
     done: int = 0
     skipped: int = 0
     segs: int = 0
     failed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def fail(self, error: Exception) -> None:
         line = str(error) if isinstance(error, SourceError) else f"{type(error).__name__}: {error}"
         self.failed.append(line)
         logger.error("FAILED %s", line)
+
+    def note(self, line: str) -> None:
+        self.notes.append(line)
+        logger.warning("%s", line)
+
+
+@dataclass
+class Source:
+    """One SOP instance to segment: the files holding it that passed :func:`check_source` (``copies``, in file
+    order) and the problems of those that did not (``rejected``)."""
+
+    uid: str
+    copies: list[tuple[Path, Dataset]] = field(default_factory=list)
+    rejected: list[SourceError] = field(default_factory=list)
 
 
 def dicom_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -79,24 +102,75 @@ def write_atomic(dataset: Dataset, path: Path) -> None:
         raise
 
 
-def checked_sources(files: Iterable[Path], summary: Summary) -> list[tuple[Path, Dataset]]:
-    """``(file, header)`` of the files that pass :func:`check_source`, one failure line per other file; a SOP
-    instance seen twice is processed once."""
-    sources, seen = [], set()
+def dicom_only(files: Iterable[Path], summary: Summary) -> list[Path]:
+    """The files of ``files`` that are meant to be DICOM (:func:`looks_like_dicom`); each other file gets a note."""
+    kept = []
+    for path in files:
+        if looks_like_dicom(path):
+            kept.append(path)
+        else:
+            summary.note(f"{path}: not a DICOM file, ignored")
+    return kept
+
+
+def checked_sources(files: Iterable[Path], summary: Summary) -> list[Source]:
+    """The SOP instances of ``files`` with at least one copy that passes :func:`check_source`, in file order; one
+    failure line per file of the other instances (and per file without a readable header). The unusable copies of
+    a usable instance stay in :attr:`Source.rejected` until :func:`process` knows whether a copy worked."""
+    sources: dict[str, Source] = {}
     for path in files:
         try:
             ds = read_header(path)
-            check_source(ds, path)
         except SourceError as error:
             summary.fail(error)
             continue
-        if ds.SOPInstanceUID in seen:
-            summary.skipped += 1
-            logger.info("skip %s: SOP Instance UID %s already listed", path, ds.SOPInstanceUID)
+        uid = str(ds.get("SOPInstanceUID") or "")
+        try:
+            check_source(ds, path)
+        except SourceError as error:
+            if not uid:
+                summary.fail(error)
+            else:
+                sources.setdefault(uid, Source(uid)).rejected.append(error)
             continue
-        seen.add(ds.SOPInstanceUID)
-        sources.append((path, ds))
-    return sources
+        sources.setdefault(uid, Source(uid)).copies.append((path, ds))
+    for source in sources.values():
+        if not source.copies:
+            for error in source.rejected:
+                summary.fail(error)
+    return [source for source in sources.values() if source.copies]
+
+
+def process(predictor: BundlePredictor, source: Source, out: Path, settings: SegSettings, fractional: bool,
+            summary: Summary) -> None:
+    """Segment ``source`` from its first copy that works and write its SEG(s) to ``out``; the copies not used are
+    skipped (a note naming both files for an unusable one), and when no copy works each one is a failure."""
+    problems = list(source.rejected)
+    for k, (path, ds) in enumerate(source.copies):
+        try:
+            segs = segment_source(predictor, path, ds, settings, fractional)
+        except SourceError as error:
+            problems.append(error)
+            continue
+        except Exception as error:  # keep going with the other sources; the line names this one
+            problems.append(SourceError(f"{type(error).__name__}: {error}", source.uid, path))
+            continue
+        for n, seg in enumerate(segs):
+            name = f"{source.uid}-frame{n + 1}.seg.dcm" if len(segs) > 1 else f"{source.uid}.seg.dcm"
+            write_atomic(seg, out / name)
+        summary.done += 1
+        summary.segs += len(segs)
+        logger.info("SEG written for %s (SOP Instance UID %s): %d instance(s)", path, source.uid, len(segs))
+        for problem in problems:
+            summary.skipped += 1
+            summary.note(f"{problem} (a duplicate, not used: {path} holds the same SOP Instance UID and was "
+                         "segmented)")
+        for other, _ in source.copies[k + 1:]:
+            summary.skipped += 1
+            logger.info("skip %s: SOP Instance UID %s already segmented from %s", other, source.uid, path)
+        return
+    for problem in problems:
+        summary.fail(problem)
 
 
 def dicom_infer(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, bundle_root: str = ".",
@@ -105,33 +179,26 @@ def dicom_infer(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLi
     """Write ``<output_dir>/<source SOP Instance UID>.seg.dcm`` (``...-frameN.seg.dcm`` per frame for multi-frame
     sources without functional groups) for every usable DICOM image under ``inputs``; returns the :class:`Summary`.
     Sources are checked before the model is loaded, so bad input is reported first; pass ``predictor`` to reuse
-    a loaded bundle (then ``bundle_root``, ``bundle_dir`` and ``overrides`` are not used)."""
+    a loaded bundle (then ``bundle_root``, ``bundle_dir`` and ``overrides`` are not used).
+
+    Raises:
+        InputError: ``output_dir`` cannot be written (checked first), or ``inputs`` hold no DICOM file."""
+    out = Path(writable_dir(output_dir))
     summary = Summary()
-    sources = checked_sources(dicom_files(inputs), summary)
+    files = dicom_only(dicom_files(inputs), summary)
+    if not files:
+        names = ", ".join(str(i) for i in inputs)
+        ignored = f" ({len(summary.notes)} other file(s) ignored)" if summary.notes else ""
+        raise InputError(f"{names}: no DICOM files found{ignored}; give a DICOM file or a folder holding DICOM "
+                         "files (.dcm/.dicom names or the DICM marker; folders are searched recursively).")
+    sources = checked_sources(files, summary)
     logger.info("%d usable DICOM source(s), %d rejected", len(sources), len(summary.failed))
     if not sources:
         return summary
     predictor = predictor or BundlePredictor(bundle_root, bundle_dir, **overrides)
     settings = predictor.config("dicom_seg") or SegSettings()
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for path, source in sources:
-        try:
-            segs = segment_source(predictor, path, source, settings, fractional)
-        except SourceError as error:
-            summary.fail(error)
-            continue
-        except Exception as error:  # keep going with the other sources; the line names this one
-            summary.fail(SourceError(f"{type(error).__name__}: {error}", source.SOPInstanceUID, path))
-            continue
-        for k, seg in enumerate(segs):
-            name = f"{source.SOPInstanceUID}-frame{k + 1}.seg.dcm" if len(segs) > 1 else \
-                f"{source.SOPInstanceUID}.seg.dcm"
-            write_atomic(seg, out / name)
-        summary.done += 1
-        summary.segs += len(segs)
-        logger.info("SEG written for %s (SOP Instance UID %s): %d instance(s)", path, source.SOPInstanceUID,
-                    len(segs))
+    for source in sources:
+        process(predictor, source, out, settings, fractional, summary)
     logger.info("%d source(s) segmented, %d SEG instance(s) in %s, %d failed", summary.done, summary.segs, out,
                 len(summary.failed))
     return summary

@@ -31,10 +31,12 @@ import pydicom
 from monai.data import ImageReader
 from monai.data.image_reader import _copy_compatible_dict, _stack_images
 from monai.utils import MetaKeys, ensure_tuple
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 
-__all__ = ["DicomReader", "SourceError", "check_source", "number_of_frames", "read_header", "PHOTOMETRIC"]
+__all__ = ["DicomReader", "SourceError", "check_source", "looks_like_dicom", "number_of_frames", "read_header",
+           "truncation", "PHOTOMETRIC"]
 
 #: Photometric interpretations the reader turns into the bundle's gray/RGB input.
 PHOTOMETRIC: tuple[str, ...] = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422")
@@ -45,6 +47,15 @@ _NOT_SOURCES = {
     "1.2.840.10008.5.1.4.1.1.30": "a Parametric Map object",
     "1.2.840.10008.5.1.4.1.1.481.2": "an RT Dose object",
 }
+#: File name suffixes of DICOM files (files without one are DICOM when they hold the ``DICM`` marker).
+DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
+#: Length of a data element header (explicit VR, long form); fewer unread bytes at the end of a file without
+#: pixel data mean an element header cut off.
+_ELEMENT_HEADER = 12
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+#: (FFFE,E0DD) with length 0, little endian: ends encapsulated pixel data.
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
 #: Modalities of non-image objects, for the message when such an instance has no pixel data.
 _NON_IMAGE_MODALITIES = {"SR": "a Structured Report (SR)", "RTSTRUCT": "an RT Structure Set (RTSTRUCT)",
                          "SEG": "a Segmentation (SEG) object", "KO": "a Key Object Selection document",
@@ -69,6 +80,75 @@ def read_header(path: str | os.PathLike) -> Dataset:
         raise SourceError(f"not a readable DICOM file ({type(error).__name__}: {error})", None, path) from error
 
 
+def looks_like_dicom(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is meant to be a DICOM file: a ``.dcm``/``.dicom`` name, or the ``DICM`` marker at byte 128
+    (a Part 10 file of any name). A broken file that passes is a failed source; one that does not is ignored."""
+    if Path(path).suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def truncation(ds: Dataset) -> str | None:
+    """Why the file ``ds`` was read from (``ds.filename``) ends before the data set it declares, or ``None``.
+
+    pydicom stops quietly at the end of a file: a file cut inside an element gives that element's value short
+    (or, deferred, a declared length beyond the end), a file cut after its file meta information gives an empty
+    data set, a file cut inside an element header ends a few bytes after its last element. Only the last element
+    can be cut, so only it is measured (without loading a deferred value)."""
+    filename = getattr(ds, "filename", None)
+    meta = getattr(ds, "file_meta", None)
+    if not isinstance(filename, (str, os.PathLike)) or not Path(filename).is_file():
+        return None
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and syntax.is_deflated:  # offsets are in the inflated stream, not the file
+        return None
+    size = Path(filename).stat().st_size
+    if len(ds) == 0:
+        return f"is truncated: the file ends ({size} bytes) before its pixel data"
+    tag = max(ds.keys())
+    last = ds.get_item(tag, keep_deferred=True)
+    if not isinstance(last, RawDataElement) or last.value_tell is None:
+        return None
+    if last.length == _UNDEFINED_LENGTH:  # encapsulated: items, then the sequence delimiter ends the file
+        with open(filename, "rb") as f:
+            f.seek(max(size - len(_SEQUENCE_DELIMITER), 0))
+            end = size if f.read() == _SEQUENCE_DELIMITER else size + 1
+    else:
+        end = last.value_tell + last.length
+    if end > size and tag == 0x7FE00010:
+        present = max(size - last.value_tell, 0)
+        declared = "no sequence delimiter" if last.length == _UNDEFINED_LENGTH else f"{last.length} declared"
+        return f"is truncated: the file ends inside its pixel data ({present} bytes present, {declared})"
+    if end > size or ("PixelData" not in ds and 0 < size - end < _ELEMENT_HEADER):
+        return f"is truncated: the file ends ({size} bytes) before its pixel data"
+    return None
+
+
+def _native_length_problem(ds: Dataset) -> str | None:
+    """Why the native (uncompressed) PixelData of ``ds`` does not hold exactly ``Rows × Columns × Samples per Pixel
+    × Number of Frames × bytes per sample`` bytes (plus one padding byte for an odd length), or ``None``."""
+    element = ds.get_item("PixelData", keep_deferred=True)
+    if isinstance(element, RawDataElement):
+        length = element.length if element.value is None else len(element.value)
+    else:
+        length = len(element.value or b"")
+    rows, columns, samples = int(ds.Rows), int(ds.Columns), int(ds.SamplesPerPixel)
+    frames, nbytes = number_of_frames(ds), int(ds.BitsAllocated) // 8
+    expected = rows * columns * samples * frames * nbytes
+    formula = f"{rows} × {columns} × {samples} × {frames} × {nbytes}"
+    if ds.PhotometricInterpretation == "YBR_FULL_422":  # two pixels share one Cb and one Cr: Y Y Cb Cr
+        expected, formula = expected // 3 * 2, f"{formula} × 2/3 (YBR_FULL_422)"
+    if length in (expected, expected + expected % 2):
+        return None
+    return (f"PixelData holds {length} bytes, but Rows × Columns × Samples per Pixel × Number of Frames × bytes "
+            f"per sample = {formula} = {expected}: the header does not describe the pixels; export the image "
+            "again (or correct its Rows, Columns, Number of Frames)")
+
+
 def number_of_frames(ds: Dataset) -> int:
     """``NumberOfFrames`` (1 when absent or empty)."""
     value = ds.get("NumberOfFrames")
@@ -78,12 +158,17 @@ def number_of_frames(ds: Dataset) -> int:
 def check_source(ds: Dataset, path: str | os.PathLike | None = None) -> None:
     """Raise :class:`SourceError` (naming the file, the SOP Instance UID and the reason) unless ``ds`` is a 2-D
     image this project can segment: pixel data present, not a SEG/SR/RTSTRUCT-like object, 1 (gray) or 3 (colour)
-    samples of 8 or 16 bits, a photometric interpretation in :data:`PHOTOMETRIC`, and a transfer syntax that
-    pydicom can decode with the installed plugins. Reads only the header."""
+    samples of 8 or 16 bits, a photometric interpretation in :data:`PHOTOMETRIC`, a transfer syntax that pydicom
+    can decode with the installed plugins, a file that is not cut short (:func:`truncation`) and, uncompressed,
+    exactly the pixel data the header describes. Reads only the header."""
     uid = ds.get("SOPInstanceUID")
 
     def fail(reason: str) -> SourceError:
         return SourceError(reason, uid, path)
+
+    cut = truncation(ds)
+    if cut:
+        raise fail(f"{cut}; copy or export it again")
 
     sop_class = str(ds.get("SOPClassUID", ""))
     modality = str(ds.get("Modality", ""))
@@ -119,6 +204,12 @@ def check_source(ds: Dataset, path: str | os.PathLike | None = None) -> None:
         raise fail(f"{ds.get('BitsAllocated')} bits allocated; only 8 and 16 bit images are supported")
     if not ds.get("Rows") or not ds.get("Columns"):
         raise fail("has no Rows/Columns")
+    if not syntax.is_encapsulated:
+        mismatch = _native_length_problem(ds)
+        if mismatch:
+            raise fail(mismatch)
+    if not uid:
+        raise fail("has no SOP Instance UID: a SEG could not reference it")
 
 
 class DicomReader(ImageReader):
@@ -190,7 +281,8 @@ def decode_frame(ds: Dataset, frame: int | None = None) -> np.ndarray:
         decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
         array, _ = decoder.as_array(ds, index=frame or 0, as_rgb=True)
     except Exception as error:  # truncated or corrupt pixel data: decoders raise many types
-        raise SourceError(f"pixel data cannot be decoded ({type(error).__name__}: {error})",
+        detail = " ".join(str(error).split())  # one line: plugins list their errors on several
+        raise SourceError(f"pixel data cannot be decoded ({type(error).__name__}: {detail})",
                           ds.get("SOPInstanceUID"), getattr(ds, "filename", None)) from error
     if ds.PhotometricInterpretation == "MONOCHROME1":  # 0 = white: make it MONOCHROME2
         if ds.get("PixelRepresentation", 0) == 0:
