@@ -13,6 +13,8 @@ so nothing here depends on MONAI internals:
 - :class:`BestMetricSaver`: ``model.pt``, the network at the best validation key metric. Its state (the best score)
   is saved in every epoch checkpoint, so the first validation after a resume does not overwrite a better
   ``model.pt``.
+- :class:`ResumedHyperparameters`: on resume, the optimizer's and scheduler's settings given now, not the ones the
+  checkpoint restored.
 - :func:`latest_intact_checkpoint` picks the newest epoch checkpoint that loads, warning with the name of each one
   that does not; :func:`resume_objects` limits the objects to restore to those the checkpoint holds.
 """
@@ -39,6 +41,7 @@ __all__ = [
     "AtomicDiskSaver",
     "BestMetricSaver",
     "EpochCheckpointSaver",
+    "ResumedHyperparameters",
     "checked_checkpoint",
     "model_load_dict",
     "latest_checkpoint",
@@ -190,6 +193,63 @@ class BestMetricSaver:
         self.checkpoint.load_state_dict({"_saved": state["_saved"]})
         self.best_epoch = int(state.get("best_epoch", 0))
         self._sync_engine()
+
+
+class ResumedHyperparameters:
+    """On resume, apply the optimizer's and LR scheduler's settings as configured now over the restored state.
+
+    Loading a checkpoint puts back the optimizer's param groups (learning rate, betas, weight decay...) and the
+    scheduler's settings (patience, factor...) as they were when it was written: a setting changed for the resumed
+    run would silently not apply. Attach this after the ``CheckpointLoader`` (both run on ``STARTED``):
+
+    - every setting but the learning rate (which the scheduler lowers during training): the configured value
+      wherever it differs from the restored one;
+    - the learning rate: the configured one when it differs from ``started_learning_rate``, the rate the run was
+      started with (``run.json``) — so an explicit ``--learning_rate`` applies, while a resume without one keeps
+      the rate the scheduler had reached.
+
+    Each change is logged (old → new).
+
+    Args:
+        optimizer: the optimizer, built from the current configuration (snapshot taken here, before loading).
+        lr_scheduler: the scheduler, likewise (optional).
+        started_learning_rate: the run's recorded learning rate; ``None``: the learning rate is left as restored.
+    """
+
+    #: scheduler attributes that are settings, not training state (``best``, counters, ``last_epoch``)
+    SCHEDULER_SETTINGS = ("factor", "min_lrs", "patience", "cooldown", "threshold", "threshold_mode", "eps")
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any = None,
+                 started_learning_rate: float | None = None) -> None:
+        self.optimizer = optimizer
+        self.groups = [{k: v for k, v in g.items() if k not in ("params", "initial_lr")}
+                       for g in optimizer.param_groups]
+        self.lr_scheduler = lr_scheduler
+        self.scheduler_settings = {k: getattr(lr_scheduler, k) for k in self.SCHEDULER_SETTINGS
+                                   if hasattr(lr_scheduler, k)}
+        self.started_learning_rate = started_learning_rate
+        self.changes: list[str] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        changes = []
+        lr_given = self.started_learning_rate is not None and self.groups and not (
+            float(self.groups[0]["lr"]) == float(self.started_learning_rate))
+        for index, (group, configured) in enumerate(zip(self.optimizer.param_groups, self.groups)):
+            for key, value in configured.items():
+                if (key == "lr" and not lr_given) or group.get(key) == value:
+                    continue
+                changes.append(f"optimizer param group {index} {key}: {group.get(key)} (checkpoint) -> {value}")
+                group[key] = value
+        for key, value in self.scheduler_settings.items():
+            if getattr(self.lr_scheduler, key) != value:
+                changes.append(f"lr_scheduler {key}: {getattr(self.lr_scheduler, key)} (checkpoint) -> {value}")
+                setattr(self.lr_scheduler, key, value)
+        for line in changes:
+            logger.info("resume: %s", line)
+        self.changes = changes
 
 
 def without_model_selection(evaluator: Engine) -> Engine:

@@ -9,9 +9,10 @@
 - ``claim`` refuses a *new* run into a root that holds checkpoints (``checkpoint_epoch=N.pt``, ``model.pt``) unless
   told: ``resume=True`` continues that run (same identity, its stored settings), ``overwrite=True`` deletes them and
   starts afresh — runs are never mixed;
-- :meth:`RunOwner.start` (last in ``initialize``, after the data checks) removes temporary files that a killed
-  process left mid-write (:func:`fanet_monai.io.clean_stale_temp_files`), deletes the old checkpoints when
-  overwriting and writes ``bundle_root/run.json``: an identity (``run_id``, host, pid, start time, resumes) and the
+- :meth:`RunOwner.start` (on the trainer's ``STARTED`` event, :meth:`RunOwner.attach`: after the data checks and
+  after every object of the run was built, so a refused setting — an unknown network variant, a negative learning
+  rate — leaves nothing written) removes temporary files that a killed process left mid-write
+  (:func:`fanet_monai.io.clean_stale_temp_files`), deletes the old checkpoints when overwriting and writes ``bundle_root/run.json``: an identity (``run_id``, host, pid, start time, resumes) and the
   run's settings, which ``fanet evaluate``/``infer``/``ablation``/``export`` read as their defaults
   (:func:`stored_settings`).
 
@@ -30,6 +31,9 @@ import uuid
 import weakref
 from pathlib import Path
 from typing import Any, Mapping
+
+import torch
+from ignite.engine import Engine, Events
 
 from fanet_monai.errors import RunOwnershipError
 from fanet_monai.io import clean_stale_temp_files, host_name, write_json
@@ -248,6 +252,11 @@ class RunOwner:
         self.record(**self._recorded)
         return self
 
+    def attach(self, engine: Engine) -> None:
+        """Run :meth:`start` when ``engine`` starts. Attach it before a checkpoint loader (handlers run in the
+        order they were added): on resume the loader checks the run id that ``start`` reads from ``run.json``."""
+        engine.add_event_handler(Events.STARTED, lambda _: self.start())
+
     def record(self, **entries: Any) -> None:
         """Add ``settings`` (merged) or other entries (``overrides=...``) to ``run.json``; before :meth:`start`
         (the root may not be locked yet) they are kept and written by it."""
@@ -261,12 +270,14 @@ class RunOwner:
                 self.run[key] = value
         write_json(self.root / RUN_FILE, self.run)
 
-    def release(self, status: str | None = None) -> None:
-        """Record ``status`` (e.g. ``"finished"``) and drop the lock (also dropped when the process ends)."""
+    def release(self, status: str | None = None, **entries: Any) -> None:
+        """Record ``status`` (e.g. ``"finished"``, ``"failed"``) and ``entries`` (``error=...``) in a started run's
+        ``run.json``, and drop the lock (also dropped when the process ends). A run refused before it started
+        writes nothing."""
         if self._lock is None:
             return
-        if status is not None:
-            self.record(status=status, ended=_now())
+        if status is not None and self.run:
+            self.record(status=status, ended=_now(), **entries)
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
         finally:
@@ -278,10 +289,25 @@ class RunOwner:
         return {"run_id": self.run_id or ""}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Refuse a checkpoint written by another run (runs are never mixed)."""
+        """Refuse a checkpoint written by another run (runs are never mixed), naming the foreign file(s) and the
+        safe way out first (``--overwrite`` would delete this run's checkpoints too)."""
         theirs = state.get("run_id")
         if self.run_id and theirs and theirs != self.run_id:
+            foreign = [p for p in checkpoint_files(self.ckpt_dir) if _run_id_of(p) == theirs]
+            names = ", ".join(str(p) for p in foreign) or f"a checkpoint in {self.ckpt_dir}"
             raise RunOwnershipError(
-                f"{self.ckpt_dir}: the checkpoint belongs to run {theirs}, but {self.root / RUN_FILE} records run "
-                f"{self.run_id}; the folder mixes two runs: start afresh with --overwrite True."
+                f"{names}: written by run {theirs}, but {self.root / RUN_FILE} records run {self.run_id} (the folder "
+                f"mixes two runs). Move {'that file' if len(foreign) < 2 else 'those files'} out of {self.ckpt_dir} "
+                f"and resume again to continue run {self.run_id}; only if neither run is worth keeping, start afresh "
+                "with --overwrite True (it deletes every checkpoint there)."
             )
+
+
+def _run_id_of(checkpoint: Path) -> str | None:
+    """The run id stored in an epoch checkpoint (``None`` for ``model.pt`` or an unreadable file)."""
+    try:
+        content = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - an unreadable file is not the foreign one
+        return None
+    run = content.get("run") if isinstance(content, Mapping) else None
+    return run.get("run_id") if isinstance(run, Mapping) else None

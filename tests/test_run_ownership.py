@@ -192,7 +192,7 @@ def test_one_process_per_root_and_stale_temp_files_cleaned(tmp_path):
         RunOwner(tmp_path, resume=True).claim()
     with pytest.raises(RunOwnershipError, match="contradict"):
         RunOwner(tmp_path, resume=True, overwrite=True)
-    with pytest.raises(RunOwnershipError, match="belongs to run"):
+    with pytest.raises(RunOwnershipError, match="written by run someone-else"):
         other.load_state_dict({"run_id": "someone-else"})
 
 
