@@ -113,7 +113,7 @@ def test_errors_are_one_or_two_lines_with_exit_codes_and_the_traceback_in_the_lo
     assert len(err) == 2 and str(missing) in err[0] and "Traceback" not in "\n".join(err)
     assert not root.exists()  # bad input: nothing written there; the log is in the temporary folder
     log = Path(err[1].split("see ")[1].rstrip(")"))
-    assert log.parent.name == "fanet-logs" and "Traceback" in log.read_text()
+    assert log.parent.name == f"fanet-logs-{os.getuid()}" and "Traceback" in log.read_text()
 
     assert run(["train", str(missing), "--bundle_root", str(root), "--debug", "True"]) == 2
     assert "Traceback" in capsys.readouterr().err
@@ -143,9 +143,12 @@ def test_evaluate_uses_the_runs_settings_and_an_explicit_flag_wins(trained, caps
     assert evaluated == held_out  # the run's contiguous hold-out, not the random split
     assert seen[-1].parser.get_parsed_content("image_size") == [32, 32]
     assert "Got new best metric" not in out and "evaluation: 1 batches done" in out
+    # issue 18 case 9: evaluation shows every pass (evaluate.json's 10), not the run's inference default (2 here)
+    assert "num_passes" not in out and seen[-1].parser.get_parsed_content("num_passes") == 10
+    with open(root / "eval" / "metrics_per_pass.csv") as f:
+        assert [r["pass"] for r in csv.DictReader(f)] == [*map(str, range(1, 11)), "early_stop"]
 
     assert run(["evaluate", str(data), "--bundle_root", str(root), "--num_workers", "0", "--num_passes", "1"]) == 0
-    assert "--num_passes 1 given; the run was trained with 2" in capsys.readouterr().out
     assert seen[-1].parser.get_parsed_content("num_passes") == 1
 
 
@@ -164,7 +167,7 @@ def test_infer_checks_every_input_first_and_skips_bad_ones_on_request(trained, t
     assert "bad2.png" in err and not masks.exists()
 
     assert run(["infer", str(images), str(masks), "--bundle_root", str(root), "--num_workers", "0",
-                "--skip_bad", "True"]) == 0
+                "--skip_bad", "True"]) == 3  # issue 18 case 10: skipped work has its own exit code
     out = capsys.readouterr().out
     assert "3 masks written to" in out and "skipped 2 unusable image(s)" in out and "bad1.png" in out
     assert any("bad1.png" in p.read_text() for p in (root / "logs").glob("infer-*.log"))  # the log is kept
@@ -199,10 +202,10 @@ def test_unusable_model_checkpoints_are_named(tmp_path, capsys):
 
 
 def test_ablation_and_export_read_the_run_settings(trained, capsys):
-    from fanet_monai.cli import _with_run_settings
+    from fanet_monai.cli.settings import with_run_settings
 
     _, root = trained
-    settings = _with_run_settings("ablation", root / "models" / "model.pt", ("train", "evaluate"),
+    settings = with_run_settings("ablation", root / "models" / "model.pt", ("train", "evaluate"),
                                   {"network_def#variant": "B3"})
     assert settings["split_mode"] == "last" and settings["image_size"] == [32, 32]
     assert settings["network_def"]["channels"] == [8, 16, 16, 16]

@@ -186,7 +186,7 @@ def test_round_trip_through_orthanc(orthanc, tiny_bundle_root, predictor, tmp_pa
 
     with pytest.raises(SystemExit) as first:
         fire.Fire(FanetCLI, command=cli_args(orthanc.dicomweb, tiny_bundle_root))
-    assert first.value.code == 1  # the two bad ES instances failed, the rest was stored
+    assert first.value.code == 3  # EXIT_PARTIAL: the two bad ES instances failed, the rest was stored
     logged = capsys.readouterr().out + caplog.text
     failures = {line[line.index("FAILED "):] for line in logged.splitlines() if "FAILED " in line}
     assert len(failures) == 2
@@ -219,7 +219,7 @@ def test_round_trip_through_orthanc(orthanc, tiny_bundle_root, predictor, tmp_pa
 
     with pytest.raises(SystemExit) as second:  # idempotent: nothing new stored
         fire.Fire(FanetCLI, command=cli_args(orthanc.dicomweb, tiny_bundle_root))
-    assert second.value.code == 1
+    assert second.value.code == 3
     logged += capsys.readouterr().out + caplog.text
     assert "0 source(s) segmented, 0 SEG instance(s) stored, 2 failed" in logged
     assert len(orthanc.seg_instances()) == 5

@@ -36,6 +36,7 @@ from fanet_monai.dicom.pipeline import Summary, segment_source
 from fanet_monai.dicom.predictor import BundlePredictor
 from fanet_monai.dicom.reader import SourceError, check_source, read_header
 from fanet_monai.dicom.seg import SegSettings, seg_uids
+from fanet_monai.errors import EXIT_PARTIAL
 
 __all__ = ["PacsUnavailable", "PacsSegmenter", "connect", "load_credentials", "run_pacs"]
 
@@ -235,8 +236,8 @@ class PacsSegmenter:
 
     def watch(self, interval: float = 10.0, stop: threading.Event | None = None) -> int:
         """Poll every ``interval`` seconds until ``stop`` is set (SIGINT/SIGTERM set it when called from the main
-        thread). Returns 1 if any source failed during the session, else 0; an unreachable PACS is logged and
-        retried at the next poll; a source rejected for its content is reported once, not at every poll."""
+        thread). Returns ``EXIT_PARTIAL`` (3) if any source failed during the session, else 0; an unreachable PACS is
+        logged and retried at the next poll; a source rejected for its content is reported once, not at every poll."""
         stop = stop or threading.Event()
         failed = False
         with _stop_on_signals(stop):
@@ -247,7 +248,7 @@ class PacsSegmenter:
                     logger.error("%s; polling again in %.0f s", error, interval)
                 stop.wait(interval)
         logger.info("watch stopped")
-        return int(failed)
+        return EXIT_PARTIAL if failed else 0
 
 
 @contextmanager
@@ -272,14 +273,15 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 def run_pacs(url: str, bundle_root: str = ".", bundle_dir: str | None = None, watch: bool = False,
              interval: float = 10.0, credentials: str | None = None, fractional: bool = False, retries: int = 5,
              backoff: float = 0.5, **overrides: Any) -> int:
-    """``fanet pacs``: returns the exit code — 0 all done, 1 some source failed, 2 PACS unavailable."""
+    """``fanet pacs``: returns the exit code — 0 all done, 3 some source failed (``EXIT_PARTIAL``), 2 PACS
+    unavailable."""
     client = connect(url, load_credentials(credentials), retries, backoff)
     logger.info("PACS %s (DICOMweb), bundle root %s", url, bundle_root)
     segmenter = PacsSegmenter(client, BundlePredictor(bundle_root, bundle_dir, **overrides), fractional=fractional)
     if watch:
         return segmenter.watch(interval)
     try:
-        return int(bool(segmenter.run_once().failed))
+        return EXIT_PARTIAL if segmenter.run_once().failed else 0
     except PacsUnavailable as error:
         logger.error("%s", error)
         return 2
