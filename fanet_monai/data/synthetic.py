@@ -1,5 +1,8 @@
 """Synthetic segmentation sets on disk (demo, tests, studies): bright blobs, or thin vessel-like curves, on a shaded
-background."""
+background.
+
+The sets that need native resolution (1024² thin vessels, 3-D tubes with gaps, multi-class 3-D blobs) are in
+:mod:`fanet_monai.data.synthetic_structures`, which uses this module's folder, shading, saving and tree helpers."""
 
 from __future__ import annotations
 
@@ -66,10 +69,21 @@ def make_synthetic_dataset(
 
 
 def _grow_vessel_tree(
-    rng: np.random.RandomState, height: int, width: int, max_width: float
+    rng: np.random.RandomState,
+    height: int,
+    width: int,
+    max_width: float,
+    taper: float = 1.0,
+    min_width: float = 1.0,
+    max_branches: int = 24,
+    include_start: bool = False,
 ) -> list[list[tuple[float, float, float]]]:
     """Branches of one tree entering the image from a random border point: lists of centre-line points
-    ``(y, x, width)`` one pixel apart; side branches are shorter and thinner than their parent."""
+    ``(y, x, width)`` one pixel apart; side branches are shorter and thinner than their parent.
+
+    The trunk starts ``max_width`` wide; ``taper < 1`` also thins every branch by that factor per pixel, never
+    below ``min_width`` (``taper=1``: widths change only at branch points). At most ``max_branches`` branches.
+    ``include_start``: each branch also starts with its starting point (on the border or on its parent)."""
     side = rng.randint(4)
     t = rng.uniform(0.15, 0.85)
     y, x, heading = {
@@ -81,9 +95,9 @@ def _grow_vessel_tree(
     size = height + width
     branches: list[list[tuple[float, float, float]]] = []
     todo = [(y, x, heading + rng.normal(0, 0.3), max_width, 0, size)]
-    while todo and len(branches) < 24:
+    while todo and len(branches) < max_branches:
         y, x, heading, w, depth, length = todo.pop()
-        points: list[tuple[float, float, float]] = []
+        points: list[tuple[float, float, float]] = [(y, x, w)] if include_start else []
         turn = 0.0
         for _ in range(int(length)):
             turn = 0.8 * turn + rng.normal(0, 0.035)  # smooth curvature
@@ -91,11 +105,14 @@ def _grow_vessel_tree(
             y, x = y + np.sin(heading), x + np.cos(heading)
             if not (0 <= y < height and 0 <= x < width):
                 break
+            if taper < 1.0:
+                w = max(min_width, w * taper)
             points.append((y, x, w))
             if depth < 3 and rng.uniform() < 0.015:
                 side_turn = rng.choice([-1, 1]) * rng.uniform(0.5, 1.1)
-                todo.append((y, x, heading + side_turn, max(1.0, 0.7 * w), depth + 1, rng.uniform(0.1, 0.35) * size))
-                w = max(1.0, 0.9 * w)
+                side_width = max(min_width, 0.7 * w)
+                todo.append((y, x, heading + side_turn, side_width, depth + 1, rng.uniform(0.1, 0.35) * size))
+                w = max(min_width, 0.9 * w)
         branches.append(points)
     return branches
 
