@@ -7,8 +7,13 @@ every tensor is moved to the CPU here).
 - **clDice** (Shit et al., CVPR 2021): with ``S(.)`` the morphological skeleton, ``Tprec = |S(P) ∩ L| / |S(P)|``
   and ``Tsens = |S(L) ∩ P| / |S(L)|``; clDice is their harmonic mean. MONAI has the *soft* version as a loss
   (:class:`monai.losses.SoftclDiceLoss`); this is the hard metric on binary masks.
-- **Betti-0** is the number of connected components (8-connectivity in 2-D, full connectivity in 3-D). The
-  **Betti-0 error** of a prediction is ``|b0(P) - b0(L)|``: fragments added or structures merged/split.
+- **Betti-0** is the number of connected foreground components with full connectivity
+  (``skimage.measure.label(..., connectivity=ndim)``): 8-connectivity in 2-D, 26-connectivity in 3-D (voxels
+  sharing only an edge or a corner are connected). The **Betti-0 error** of a prediction is ``|b0(P) - b0(L)|``:
+  fragments added or structures merged/split.
+
+Images ``(B, 1, H, W)`` and volumes ``(B, 1, D, H, W)`` take the same code path: ``skimage.morphology.skeletonize``
+uses Zhang's method in 2-D and Lee's in 3-D (a one-voxel-wide centre line of a tube).
 
 Zero-denominator convention, as in :mod:`fanet_monai.metrics`: when a skeleton is empty its ratio is 1.0 if the
 prediction equals the label on that image, else 0.0.
@@ -37,7 +42,8 @@ def _as_binary_images(mask: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def betti0(mask: np.ndarray) -> int:
-    """Number of connected foreground components of one binary ``(*spatial)`` mask (full connectivity)."""
+    """Number of connected foreground components of one binary ``(H, W)`` or ``(D, H, W)`` mask (full
+    connectivity: 8 neighbours in 2-D, 26 in 3-D)."""
     return int(label_components(np.asarray(mask, dtype=bool), connectivity=mask.ndim).max())
 
 
@@ -46,7 +52,8 @@ def _ratio(numerator: int, denominator: int, identical: bool) -> float:
 
 
 def centerline_dice(pred: np.ndarray, target: np.ndarray) -> float:
-    """Hard clDice of one binary ``(*spatial)`` prediction against its label (see the module docstring)."""
+    """Hard clDice of one binary ``(H, W)`` or ``(D, H, W)`` prediction against its label (see the module
+    docstring)."""
     pred, target = np.asarray(pred, dtype=bool), np.asarray(target, dtype=bool)
     if pred.shape != target.shape:
         raise ValueError(f"pred and target must have the same shape, got {pred.shape} and {target.shape}.")

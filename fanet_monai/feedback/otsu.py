@@ -6,15 +6,18 @@ for the same image.
 
 Conventions (fixed, and shared by every function here):
 
-- **Grayscale** (:func:`fanet_monai.data.transforms.to_grayscale_torch`): 3-channel images (RGB order, MONAI's convention) use the ITU-R BT.601 luma weights
-  ``0.299 R + 0.587 G + 0.114 B``, as OpenCV's ``cvtColor(..., COLOR_RGB2GRAY)`` used by the FANet reference code
-  (note that ``skimage.color.rgb2gray`` uses BT.709 weights ``0.2125, 0.7154, 0.0721`` instead); any other channel
-  count uses the mean over channels.
+- **Grayscale** (:func:`fanet_monai.data.transforms.to_grayscale_torch`): 3-channel images (RGB order, MONAI's
+  convention) use the ITU-R BT.601 luma weights ``0.299 R + 0.587 G + 0.114 B``, as OpenCV's
+  ``cvtColor(..., COLOR_RGB2GRAY)`` used by the FANet reference code (note that ``skimage.color.rgb2gray`` uses
+  BT.709 weights ``0.2125, 0.7154, 0.0721`` instead); any other channel count (1 for CT or MR) uses the mean over
+  channels.
 - **Blur**: the kernel of OpenCV's ``GaussianBlur(img, (k, k), 0)``: with ``sigma=None`` and ``k`` in
   ``{1, 3, 5, 7}`` OpenCV's fixed kernels (for ``k = 5`` the binomial ``[1, 4, 6, 4, 1] / 16``), otherwise a sampled
   Gaussian of width ``k`` with ``sigma = 0.3 * ((k - 1) / 2 - 1) + 0.8`` (1.1 for ``k = 5``) or the given ``sigma``.
   Borders are mirrored without repeating the edge pixel (OpenCV's default ``BORDER_REFLECT_101``). The blur is
   computed in floating point; OpenCV would round an 8-bit image back to integers.
+- **Volumes**: ``(B, C, D, H, W)`` take the same path as images ``(B, C, H, W)``: the same 1-D kernel is applied
+  along every spatial axis (D, H and W), and the threshold is computed per volume over all its voxels.
 - **Otsu**: per image, a histogram with ``bins`` equal bins over the image's own ``[min, max]`` range; the threshold
   is the centre of the bin that maximises the between-class variance (the first one on ties), exactly the recipe of
   ``skimage.filters.threshold_otsu`` for floating-point images. A constant image gets its own value as threshold,

@@ -14,21 +14,38 @@ import torch.nn.functional as F
 from monai.networks.blocks import ChannelSELayer, Convolution
 from monai.networks.layers.utils import get_act_layer
 
-__all__ = ["BiasFreeChannelSELayer", "SEResidualBlock", "MixPool", "max_pool_to"]
+__all__ = [
+    "SPATIAL_DIMS",
+    "BiasFreeChannelSELayer",
+    "MixPool",
+    "SEResidualBlock",
+    "check_spatial_dims",
+    "max_pool_to",
+]
+
+#: the spatial dimensions FANet supports: 2 (images ``(B, C, H, W)``) and 3 (volumes ``(B, C, D, H, W)``)
+SPATIAL_DIMS: tuple[int, ...] = (2, 3)
+
+
+def check_spatial_dims(spatial_dims: int) -> int:
+    """``spatial_dims`` as an int; ``ValueError`` unless it is one of :data:`SPATIAL_DIMS` (images or volumes)."""
+    if isinstance(spatial_dims, bool) or spatial_dims not in SPATIAL_DIMS:
+        raise ValueError(f"spatial_dims must be 2 (images) or 3 (volumes), got {spatial_dims!r}.")
+    return int(spatial_dims)
 
 
 def max_pool_to(mask: torch.Tensor, size: List[int]) -> torch.Tensor:
-    """Max-pool ``mask`` ``(B, 1, *spatial)`` down to ``size``; each spatial size must divide the mask's exactly,
-    so that this equals max pooling with kernel = stride = the size ratio (a pixel of the result is set when any
-    pixel of its block is set)."""
+    """Max-pool ``mask`` ``(B, 1, H, W)`` or ``(B, 1, D, H, W)`` down to ``size`` (``[h, w]`` or ``[d, h, w]``); each
+    spatial size must divide the mask's exactly, so that this equals max pooling with kernel = stride = the size
+    ratio (a pixel or voxel of the result is set when any pixel of its block is set)."""
+    if len(size) != mask.dim() - 2 or len(size) < 2 or len(size) > 3:
+        raise ValueError(f"expected a size for 2 or 3 spatial dims matching mask {list(mask.shape)}, got {size}.")
     for dim, target in enumerate(size):
         if mask.shape[dim + 2] % target != 0:
             raise ValueError(f"mask size {list(mask.shape[2:])} is not an integer multiple of {size}.")
     if len(size) == 2:
         return F.adaptive_max_pool2d(mask, size)
-    if len(size) == 3:
-        return F.adaptive_max_pool3d(mask, size)
-    return F.adaptive_max_pool1d(mask, size)
+    return F.adaptive_max_pool3d(mask, size)
 
 
 class BiasFreeChannelSELayer(ChannelSELayer):
@@ -109,7 +126,7 @@ class MixPool(nn.Module):
     train). ``straight_through=True`` keeps the hard forward value but back-propagates through the sigmoid.
 
     Args:
-        spatial_dims: number of spatial dimensions.
+        spatial_dims: number of spatial dimensions, 2 or 3 (:data:`SPATIAL_DIMS`).
         channels: channels ``C`` of the features (input and output).
         feature_branch: keep the unmasked branch ``conv(F)`` (paper). ``False`` is the ablation "MixPool w/o F_l" of
             Table XI: the masked branch then outputs all ``C`` channels.
@@ -131,6 +148,7 @@ class MixPool(nn.Module):
         norm: tuple | str = "batch",
     ) -> None:
         super().__init__()
+        spatial_dims = check_spatial_dims(spatial_dims)
         if feature_branch and channels % 2:
             raise ValueError(f"MixPool with a feature branch needs an even channel count, got {channels}.")
         self.spatial_dims = spatial_dims

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Pool
 
-from fanet_monai.networks.blocks import MixPool, SEResidualBlock
+from fanet_monai.networks.blocks import MixPool, SEResidualBlock, check_spatial_dims
 
 __all__ = ["FANet", "FANET_VARIANTS", "mixpool_stage_names"]
 
@@ -77,14 +77,16 @@ class FANet(nn.Module):
     concatenate the last decoder features with the input mask, 1x1 convolution to ``out_channels`` logits.
 
     Args:
-        spatial_dims: number of spatial dimensions (2 for images, 3 for volumes).
+        spatial_dims: number of spatial dimensions: 2 for images ``(B, C, H, W)``, 3 for volumes ``(B, C, D, H, W)``
+            (one code path; any other value is a ``ValueError``).
         in_channels: number of *image* channels. The network input has ``in_channels + 1`` channels: the image,
             then the feedback mask.
         out_channels: number of output channels (logits; apply sigmoid for probabilities).
         variant: paper Table IX configuration: ``"B1"`` (no MixPool), ``"B2"``/``"B4"`` (MixPool in all stages;
             B2 is evaluated with one pass), ``"B3"`` (MixPool in the first encoder and the last decoder stage).
         channels: encoder widths, one per stage; the decoder widths are
-            ``channels[-2::-1] + (channels[0] // 2,)``. Narrow widths make small test networks.
+            ``channels[-2::-1] + (channels[0] // 2,)``. Narrow widths make small test networks; a stage with MixPool
+            (and its feature branch) needs an even width, so e.g. ``(4, 8, 8, 8)``.
         blocks_per_stage: SE-residual blocks per stage (paper: 2; Table XI ablates 1, 3 and 4).
         mixpool_stages: override of the variant's MixPool stages, names from :func:`mixpool_stage_names`.
         mixpool_feature_branch: keep MixPool's unmasked feature branch (``False``: Table XI "w/o F_l").
@@ -115,6 +117,7 @@ class FANet(nn.Module):
         norm: tuple | str = "batch",
     ) -> None:
         super().__init__()
+        spatial_dims = check_spatial_dims(spatial_dims)
         if variant not in FANET_VARIANTS:
             raise ValueError(f"variant must be one of {sorted(FANET_VARIANTS)}, got {variant!r}.")
         if blocks_per_stage < 1:
@@ -129,6 +132,16 @@ class FANet(nn.Module):
         unknown = sorted(set(mixpool_stages) - set(stage_names))
         if unknown:
             raise ValueError(f"unknown MixPool stages {unknown}; valid names: {list(stage_names)}.")
+        decoder_widths = list(channels[-2::-1]) + [channels[0] // 2]
+        if mixpool_feature_branch:
+            widths = dict(zip(stage_names, list(channels) + decoder_widths))
+            odd = [f"{name} ({widths[name]})" for name in stage_names if name in mixpool_stages and widths[name] % 2]
+            if odd:
+                raise ValueError(
+                    f"channels={list(channels)} gives MixPool stages {odd} an odd width, but MixPool with its feature "
+                    f"branch needs an even one (decoder widths = channels[-2::-1] + [channels[0] // 2] = "
+                    f"{decoder_widths}): make channels[0] a multiple of 4 and the other widths even, e.g. (4, 8, 8, 8)."
+                )
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -164,11 +177,18 @@ class FANet(nn.Module):
             cin = width
         self.encoder = nn.ModuleList(encoder)
 
-        decoder_widths = list(channels[-2::-1]) + [channels[0] // 2]
         decoder = []
         for i, (skip_width, width) in enumerate(zip(channels[::-1], decoder_widths)):
             upsample = Convolution(
-                spatial_dims, cin, cin, strides=2, kernel_size=4, padding=1, output_padding=0, is_transposed=True, conv_only=True
+                spatial_dims,
+                cin,
+                cin,
+                strides=2,
+                kernel_size=4,
+                padding=1,
+                output_padding=0,
+                is_transposed=True,
+                conv_only=True,
             )
             decoder.append(
                 _DecoderStage(upsample, se_blocks(cin + skip_width, width), mixpool(f"decoder{i + 1}", width))
