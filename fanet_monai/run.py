@@ -58,6 +58,9 @@ LOCK_FILE = ".fanet-run.lock"
 INHERITED_SETTINGS = (
     "preset",
     "image_size",
+    "input_mode",
+    "patch_size",
+    "resize_anti_aliasing",
     "val_fraction",
     "split_seed",
     "split_mode",

@@ -56,22 +56,32 @@ def to_grayscale_torch(images: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=1, keepdim=True)
 
 class AsRGBd(MapTransform):
-    """Make channel-first images 3-channel RGB: grayscale is repeated, an alpha channel is dropped.
+    """Give channel-first images the network's number of input channels: 3 (RGB, the default: grayscale is
+    repeated, an alpha channel dropped) or 1 (grayscale: CT/MR volumes, EM; colour converted with
+    :func:`to_grayscale_torch`, an alpha channel dropped).
 
-    Input ``(C, *spatial)`` with ``C`` in {1, 2 (gray + alpha), 3, 4 (RGBA)}; output ``(3, *spatial)``.
+    Input ``(C, *spatial)`` with ``C`` in {1, 2 (gray + alpha), 3, 4 (RGBA)}, 2-D or 3-D; output
+    ``(channels, *spatial)``.
     """
+
+    def __init__(self, keys: KeysCollection, channels: int = 3, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
+        self.channels = channels
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key]
             channels = image.shape[0]
-            if channels in (1, 2):
-                d[key] = image[:1].repeat(3, *([1] * (image.ndim - 1)))
-            elif channels == 4:
-                d[key] = image[:3]
-            elif channels != 3:
+            if channels not in (1, 2, 3, 4):
                 raise ValueError(f"{key}: expected 1-4 channels (gray, gray+alpha, RGB, RGBA), got {channels}.")
+            colour = image[:3] if channels >= 3 else image[:1]
+            if self.channels == 3:
+                d[key] = colour.repeat(3, *([1] * (image.ndim - 1))) if channels < 3 else colour
+            else:
+                d[key] = colour if channels < 3 else to_grayscale_torch(colour[None])[0]
         return d
 
 

@@ -112,6 +112,12 @@ class FeedbackMaskCache:
         rle = self._masks.get(key)
         return None if rle is None else rle_decode(rle)
 
+    def latest(self, key: str) -> np.ndarray | None:
+        """The newest mask of ``key``: the staged one (``on_improvement``) if there is one, else the committed one.
+        A prediction that covers part of the image (a patch) is merged into this one."""
+        rle = self._pending.get(key, self._masks.get(key))
+        return None if rle is None else rle_decode(rle)
+
     def put(self, key: str, mask: np.ndarray | torch.Tensor) -> None:
         """Store (``every_epoch``) or stage (``on_improvement``) the mask of ``key``.
 

@@ -116,8 +116,8 @@ class CacheFrameInverse:
         ]
         new = inverted[:1] > self.threshold
         covered = inverted[1:] > 0.5
-        if not bool(covered.all()):
-            previous = self.cache.get(key)
+        if not bool(covered.all()):  # a patch, or a view rotated/cropped: the rest keeps its newest mask
+            previous = self.cache.latest(key)
             if previous is not None:
                 new = torch.where(covered, new, torch.as_tensor(previous, dtype=torch.bool))
         return key, new.to(torch.uint8).numpy()

@@ -1,0 +1,182 @@
+"""Patch mode (issue 19): training on patches at native size with a feedback cache that follows each patch, and
+refinement by sliding windows over the whole image."""
+
+from __future__ import annotations
+
+import csv
+import logging
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, RandFlipd, allow_missing_keys_mode
+from PIL import Image
+
+from fanet_monai.cli import run
+from fanet_monai.data import make_synthetic_dataset
+from fanet_monai.data.patches import (
+    RandPatchesd,
+    check_input_mode,
+    evaluation_batch_size,
+    patch_sampling,
+    resizing,
+    window_inferer,
+)
+from fanet_monai.feedback.cache import FeedbackMaskCache
+from fanet_monai.feedback.inversion import CacheFrameInverse
+from fanet_monai.feedback.transforms import FeedbackMaskd
+from fanet_monai.inferers import IterativeRefinementInferer
+from fanet_monai.run import release_claims
+
+KEYS = ["image", "label", "mask"]
+
+
+def _sample(shape=(40, 52), name="a.png"):
+    image = MetaTensor(torch.arange(int(np.prod(shape)), dtype=torch.float32).reshape(1, *shape) / np.prod(shape),
+                       meta={"filename_or_obj": name})
+    label = MetaTensor((torch.rand(1, *shape, generator=torch.Generator().manual_seed(0)) > 0.7).float(),
+                       meta=dict(image.meta))
+    return {"image": image, "label": label}
+
+
+def _invert(transform, mask, values=None):
+    """``values`` (default: ``mask``) carried back through ``transform`` with ``mask``'s trace."""
+    values = mask if values is None else MetaTensor(values, meta=dict(mask.meta),
+                                                   applied_operations=mask.applied_operations)
+    with allow_missing_keys_mode(transform):
+        return transform.inverse({"mask": values})["mask"]
+
+
+def test_modes_are_checked_and_resize_mode_is_unchanged():
+    with pytest.raises(ValueError, match="input_mode must be one of"):
+        check_input_mode("tiles")
+    assert patch_sampling("resize", [32, 32]) == [] and window_inferer("resize", [32, 32]) is None
+    assert len(resizing("resize", [16, 16]).transforms) == 1 and len(resizing("patch", [16, 16]).transforms) == 0
+    assert evaluation_batch_size("resize", 4) == 4 and evaluation_batch_size("patch", 4) == 1
+    with pytest.raises(ValueError, match="patches_per_image"):
+        patch_sampling("patch", [8, 8], num_samples=0)
+
+
+@pytest.mark.parametrize("shape, patch", [((40, 52), (16, 24)), ((12, 20, 16), (8, 8, 8)), ((10, 30), (16, 16))])
+def test_a_patch_inverted_lands_where_it_was_cut_with_zeros_elsewhere(shape, patch):
+    """2-D and 3-D, and an image smaller than the patch (padded first): the pad + crop are inverted exactly."""
+    d = _sample(shape)
+    d["mask"] = d["image"].clone()
+    transform = Compose(patch_sampling("patch", patch, num_samples=3, keys=KEYS))
+    transform.set_random_state(1)
+    patches = transform(d)
+    assert len(patches) == 3
+    for p in patches:
+        assert tuple(p["image"].shape[1:]) == patch
+        back = _invert(transform, p["mask"])
+        assert tuple(back.shape[1:]) == shape
+        inside = back != 0
+        assert torch.equal(back[inside], d["image"][inside])  # values at their own positions
+        assert 0 < int(inside.sum()) <= int(np.prod(patch))
+
+
+def _inverse(update_policy="every_epoch"):
+    cache = FeedbackMaskCache(update_policy)
+    transform = Compose([FeedbackMaskd("image", cache, initial="empty"),
+                         *patch_sampling("patch", (16, 16), num_samples=2, keys=KEYS),
+                         RandFlipd(KEYS, prob=1.0, spatial_axis=1)])
+    transform.set_random_state(3)
+    return cache, transform, CacheFrameInverse(transform, cache)
+
+
+@pytest.mark.parametrize("update_policy", ["every_epoch", "on_improvement"])
+def test_the_cache_takes_each_patch_back_into_its_region_and_keeps_the_rest(update_policy):
+    cache, transform, inverse = _inverse(update_policy)
+    d = _sample((40, 52))
+    cache.put("a.png", np.zeros((1, 40, 52), np.uint8))
+    cache.commit()
+    patches = transform(d)
+    regions = []
+    for p in patches:  # the network predicts foreground everywhere on each patch
+        key, mask = inverse.to_cache_frame(p["mask"], torch.full((1, 16, 16), 10.0))
+        assert key == "a.png" and mask.shape == (1, 40, 52)
+        cache.put(key, mask)
+        covered = _invert(transform, p["mask"], torch.ones(1, 16, 16))
+        regions.append(covered[0].numpy() > 0.5)
+    cache.commit()
+    stored = cache.get("a.png")[0].astype(bool)
+    assert np.array_equal(stored, regions[0] | regions[1])  # both patches, nothing outside them
+    assert 0 < stored.sum() < stored.size
+
+
+def test_where_patches_overlap_the_patch_stored_last_wins():
+    cache, transform, inverse = _inverse()
+    d = _sample((20, 20))
+    cache.put("a.png", np.zeros((1, 20, 20), np.uint8))
+    first, second = transform(d)
+    cache.put(*inverse.to_cache_frame(first["mask"], torch.full((1, 16, 16), 10.0)))
+    cache.put(*inverse.to_cache_frame(second["mask"], torch.full((1, 16, 16), -10.0)))
+    one, two = (_invert(transform, p["mask"], torch.ones(1, 16, 16))[0].numpy() > 0.5 for p in (first, second))
+    assert (one & two).any()  # 16x16 patches of a 20x20 image overlap
+    assert np.array_equal(cache.get("a.png")[0].astype(bool), one & ~two)
+
+
+class _Echo(torch.nn.Module):
+    """A pointwise 'network': its logits are +/-5 where the fed mask is 1/0, so each pass returns its input mask."""
+
+    def forward(self, x):
+        return (x[:, -1:] - 0.5) * 10.0
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 70, 90), (1, 1, 20, 28, 24)])
+def test_sliding_window_refinement_feeds_each_window_its_part_of_the_whole_image_start_mask(shape):
+    images = torch.rand(*shape, generator=torch.Generator().manual_seed(2))
+    images[..., : shape[-1] // 2] += 1.0  # a bright half: Otsu of the whole image finds it
+    roi = [16] * (len(shape) - 2)
+    windowed = IterativeRefinementInferer(num_passes=2, start_mask="otsu", inner=window_inferer("patch", roi))
+    whole = IterativeRefinementInferer(num_passes=2, start_mask="otsu")
+    with torch.no_grad():
+        assert torch.allclose(windowed(images, _Echo()), whole(images, _Echo()), atol=1e-4)
+        start = (windowed(images, _Echo()) > 0).float()
+    assert torch.equal(start, windowed.make_start_mask(images))
+
+
+def test_an_image_smaller_than_a_window_is_padded_and_said_once(caplog):
+    inferer = window_inferer("patch", [32, 32])
+    with caplog.at_level(logging.INFO), torch.no_grad():
+        for _ in range(2):
+            out = inferer(torch.rand(1, 4, 20, 40), _Echo())
+    assert out.shape == (1, 1, 20, 40)
+    assert sum("smaller than the (32, 32) window" in r.message for r in caplog.records) == 1
+
+
+TINY = ["--num_workers", "0", "--num_passes", "2", "--batch_size", "2", "--show_progress", "False",
+        "--network_def#channels", "[8,16,16,16]", "--input_mode", "patch", "--patch_size", "[32,32]",
+        "--patches_per_image", "2"]
+
+
+@pytest.mark.slow
+def test_patch_mode_end_to_end_train_resume_evaluate_infer_at_native_size(tmp_path, capsys):
+    data = make_synthetic_dataset(tmp_path / "data", num_images=8, height=40, width=72, seed=4)
+    # a smaller image among them: padded to the patch, said once
+    Image.fromarray(np.zeros((24, 30, 3), np.uint8)).save(data / "images" / "small.png")
+    Image.fromarray(np.zeros((24, 30), np.uint8)).save(data / "masks" / "small.png")
+    root = tmp_path / "run"
+    assert run(["train", str(data), "--bundle_root", str(root), "--max_epochs", "1", *TINY]) == 0
+    release_claims()
+    out = capsys.readouterr().out
+    assert "smaller than the (32, 32) patch" in out
+    state = torch.load(root / "models" / "checkpoint_epoch=1.pt", weights_only=True)
+    cache = FeedbackMaskCache()
+    cache.load_state_dict(state["feedback_cache"])
+    shapes = {k: cache.get(k).shape for k in cache.keys()}
+    # native frames (MONAI's bitmap reading puts width first)
+    assert shapes["small.png"] == (1, 30, 24) and set(shapes.values()) == {(1, 30, 24), (1, 72, 40)}
+    assert run(["train", str(data), "--bundle_root", str(root), "--resume", "True", "--max_epochs", "2"]) == 0
+    release_claims()
+    assert (root / "models" / "checkpoint_epoch=2.pt").is_file()
+    assert run(["evaluate", str(data), "--bundle_root", str(root), "--num_workers", "0", "--num_passes", "2"]) == 0
+    with open(root / "eval" / "metrics_per_pass.csv") as f:
+        assert [r["pass"] for r in csv.DictReader(f)] == ["1", "2", "early_stop"]
+    masks = tmp_path / "masks"
+    assert run(["infer", str(data / "images"), str(masks), "--bundle_root", str(root), "--num_workers", "0"]) == 0
+    assert 'input_mode="patch"' in capsys.readouterr().out  # taken from the run
+    sizes = {p.name: np.asarray(Image.open(p)).shape for p in masks.glob("*.png")}
+    assert sizes["small.png"] == (24, 30) and len(sizes) == 9
+    assert all(s == (40, 72) for n, s in sizes.items() if n != "small.png")
