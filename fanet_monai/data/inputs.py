@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence
 
+from monai.transforms import LoadImage
+
 from fanet_monai.data.checks import DataCheckError, read_array
 from fanet_monai.errors import InputError
 
@@ -27,19 +29,30 @@ class InputCheck:
     skipped: List[str] = field(default_factory=list)
 
 
-def _check_image(path: str) -> None:
+def _check_image(path: str, spatial_dims: int = 2) -> None:
+    if spatial_dims == 3:
+        try:
+            shape = tuple(LoadImage(image_only=True)(path).shape)
+        except Exception as error:  # noqa: BLE001 - every reader failure means "this file cannot be used"
+            raise DataCheckError(f"{path}: unreadable volume ({type(error).__name__}: "
+                                 f"{str(error).splitlines()[0] if str(error) else ''}).") from error
+        if len(shape) != 3 and not (len(shape) == 4 and shape[-1] == 1):
+            raise DataCheckError(f"{path}: expected a 3-D volume, got array shape {shape}.")
+        return
     array = read_array(path)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4)):
         raise DataCheckError(f"{path}: expected a 2-D gray, RGB or RGBA image, got array shape {array.shape}.")
 
 
-def check_inputs(items: Sequence[Mapping[str, str]], skip_bad: bool = False, key: str = "image") -> InputCheck:
+def check_inputs(items: Sequence[Mapping[str, str]], skip_bad: bool = False, key: str = "image",
+                 spatial_dims: int = 2) -> InputCheck:
     """Read every ``item[key]`` image before inference starts.
 
     Args:
         items: datalist entries ``{"image": path}``.
         skip_bad: keep going without the unreadable images (listed in a warning) instead of stopping.
         key: the image key.
+        spatial_dims: 2 (images) or 3 (volumes: NIfTI, NRRD, MHA..., read with MONAI's ``LoadImage``).
 
     Raises:
         DataCheckError: with ``skip_bad=False``, one or more images are unreadable (all are named; nothing was
@@ -49,7 +62,7 @@ def check_inputs(items: Sequence[Mapping[str, str]], skip_bad: bool = False, key
     for item in items:
         path = str(item[key])
         try:
-            _check_image(path)
+            _check_image(path, spatial_dims)
         except DataCheckError as error:
             result.skipped.append(str(error))
             continue
