@@ -58,6 +58,8 @@ LOCK_FILE = ".fanet-run.lock"
 INHERITED_SETTINGS = (
     "preset",
     "image_size",
+    "spatial_dims",
+    "image_channels",
     "input_mode",
     "patch_size",
     "resize_anti_aliasing",

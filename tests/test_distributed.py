@@ -311,3 +311,16 @@ def test_on_improvement_commits_the_newest_prediction_of_every_sample_on_every_r
     assert any(latest[k] != stale[k] for k in moved)  # the two candidates differ: the stamp decided
     for key, rle in latest.items():
         assert np.array_equal(rle_decode(RLEMask.from_dict(masks[0][key])), rle_decode(RLEMask.from_dict(rle))), key
+
+
+@pytest.mark.slow
+def test_patch_mode_two_ranks_share_complete_native_size_caches(tmp_path_factory):
+    """Issue 19: patches of one image are cut on the rank that loads it, merged into its native-size mask there,
+    and the merged mask is exchanged: both ranks end with the same cache, every mask at the image's own size."""
+    data = make_synthetic_dataset(tmp_path_factory.mktemp("patch_data"), num_images=10, height=40, width=72, seed=5)
+    run = _train_two_ranks(tmp_path_factory.mktemp("ddp_patch"), data, input_mode="patch", patch_size=[32, 32],
+                           patches_per_image=2)
+    masks = [r["cache"]["masks"] for r in run["ranks"]]
+    assert masks[0] == masks[1] and len(masks[0]) == 8
+    shapes = {rle_decode(RLEMask.from_dict(rle)).shape for rle in masks[0].values()}
+    assert shapes == {(1, 72, 40)}  # the bitmap reader's (W, H) frame of the 40x72 images

@@ -4,6 +4,7 @@ refinement by sliding windows over the whole image."""
 from __future__ import annotations
 
 import csv
+import json
 import logging
 
 import numpy as np
@@ -212,3 +213,52 @@ def test_volumes_train_evaluate_infer_in_patch_mode_with_the_volume_config(tmp_p
     for path in written:
         mask, source = nib.load(path), nib.load(data / "images" / path.name)
         assert mask.shape == source.shape and np.allclose(mask.affine, source.affine)
+
+
+def test_one_channel_input_for_volumes_and_grayscale_networks():
+    from fanet_monai.data.transforms import AsRGBd, to_grayscale_torch
+
+    rgb = torch.rand(3, 4, 5)
+    gray = AsRGBd("image", channels=1)({"image": rgb})["image"]
+    assert gray.shape == (1, 4, 5) and torch.allclose(gray, to_grayscale_torch(rgb[None])[0])
+    assert AsRGBd("image", channels=1)({"image": torch.rand(2, 3, 4, 5)})["image"].shape == (1, 3, 4, 5)  # gray+alpha
+    volume = torch.rand(1, 6, 7, 8)
+    assert torch.equal(AsRGBd("image", channels=1)({"image": volume})["image"], volume)
+    assert AsRGBd("image")({"image": volume})["image"].shape == (3, 6, 7, 8)
+    with pytest.raises(ValueError, match="channels must be 1"):
+        AsRGBd("image", channels=2)
+
+
+def test_volume_inference_inputs_are_checked_first(tmp_path):
+    import nibabel as nib
+
+    from fanet_monai.data.files import DataCheckError
+    from fanet_monai.data.inputs import check_inputs
+
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((8, 9, 10), np.float32), np.eye(4)), good)
+    flat = tmp_path / "flat.png"
+    Image.fromarray(np.zeros((8, 9), np.uint8)).save(flat)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(good.read_bytes()[:400])  # cut inside the compressed voxels
+    items = [{"image": str(p)} for p in (good, flat, broken)]
+    with pytest.raises(DataCheckError) as refused:
+        check_inputs(items, spatial_dims=3)
+    message = str(refused.value)
+    assert "2 of 3 input images cannot be used" in message and "good.nii.gz" not in message
+    assert "flat.png: expected a 3-D volume, got array shape" in message
+    assert "broken.nii.gz: unreadable volume" in message
+    assert [i["image"] for i in check_inputs(items, skip_bad=True, spatial_dims=3).good] == [str(good)]
+
+
+@pytest.mark.slow
+def test_the_vessel_demo_runs_in_patch_mode(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert run(["demo", "--out_dir", str(out), "--data", "vessels", "--num_images", "6", "--size", "64",
+                "--max_epochs", "1", "--num_workers", "0", "--num_passes", "2",
+                "--network_def#channels", "[8,16,16,16]"]) == 0
+    printed = capsys.readouterr().out
+    assert "6 vessels images of 64x64" in printed and 'input_mode="patch"' in printed
+    assert json.loads((out / "run.json").read_text())["settings"]["patch_size"] == [32, 32]
+    assert run(["demo", "--out_dir", str(out), "--data", "stars"]) == 2
+    assert "choose blobs (resize mode) or vessels (patch mode)" in capsys.readouterr().err
