@@ -19,6 +19,12 @@ Zero-denominator convention (one rule for every metric):
       whole image, else 0.0.
 
     The metrics are therefore never ``nan`` and an average over images is always defined.
+
+Multi-class tasks (K classes, label maps 0..K, 0 = background): :func:`per_class_dice` gives the Dice of every
+class per image (MONAI's :func:`~monai.metrics.compute_dice` on one-hot maps, background excluded); with
+``num_classes=K``, :class:`PassWiseMetrics` reports the paper's metrics on the foreground of any class (label > 0,
+the mask the network is fed) plus the Dice of each class and their mean. :func:`segmentation_metrics` stays
+binary.
 """
 
 from __future__ import annotations
@@ -26,11 +32,20 @@ from __future__ import annotations
 from typing import Dict, List, Sequence
 
 import torch
-from monai.metrics import Cumulative, compute_confusion_matrix_metric, get_confusion_matrix
+from monai.metrics import Cumulative, compute_confusion_matrix_metric, compute_dice, get_confusion_matrix
+from monai.networks.utils import one_hot
 
 from fanet_monai.topology import CONNECTIVITY_METRICS, connectivity_metrics
 
-__all__ = ["ALL_METRICS", "PAPER_METRICS", "fbeta_from_confusion", "segmentation_metrics", "PassWiseMetrics"]
+__all__ = [
+    "ALL_METRICS",
+    "PAPER_METRICS",
+    "PassWiseMetrics",
+    "class_dice_names",
+    "fbeta_from_confusion",
+    "per_class_dice",
+    "segmentation_metrics",
+]
 
 # Paper Table IX column order: mIoU, F1, Rec, Prec, Spec, Acc, F2.
 PAPER_METRICS: tuple[str, ...] = ("jaccard", "f1", "recall", "precision", "specificity", "accuracy", "f2")
@@ -115,11 +130,61 @@ def segmentation_metrics(
     return {name: results[name] for name in metrics}
 
 
+def class_dice_names(num_classes: int) -> tuple[str, ...]:
+    """Column names of the per-class Dice of a ``num_classes``-class task: ``dice_class_1 .. dice_class_K``, then
+    ``dice_class_mean`` (the mean over the classes, per image)."""
+    return (*(f"dice_class_{k}" for k in range(1, int(num_classes) + 1)), "dice_class_mean")
+
+
+def per_class_dice(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_empty: bool = False
+) -> torch.Tensor:
+    """Per-image, per-class Dice of label maps (MONAI's :func:`~monai.metrics.compute_dice` on one-hot maps).
+
+    Args:
+        pred: ``(B, 1, *spatial)`` predicted label map, integer values 0..K (0 = background), e.g. the argmax of
+            K + 1 logits (:func:`~fanet_monai.feedback.masks.discrete_prediction`).
+        target: ``(B, 1, *spatial)`` ground-truth label map, values 0..K.
+        num_classes: K, the number of foreground classes (>= 1).
+        ignore_empty: how a class absent from an image's ground truth counts. ``False`` (default, the module's
+            zero-denominator rule): 1.0 if the prediction has no pixel of that class either, else 0.0 — never
+            ``nan``. ``True`` (MONAI's default): ``nan`` for that image and class (average with ``nanmean``).
+
+    Returns:
+        ``(B, K)`` float32 Dice of classes 1..K on ``pred``'s device (background not included).
+
+    Raises:
+        ValueError: shapes differ or are not ``(B, 1, *spatial)``, ``num_classes < 1``, or values outside the
+            integers 0..K.
+    """
+    if int(num_classes) != num_classes or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}.")
+    target = target.to(pred.device)
+    if pred.shape != target.shape or pred.ndim < 3 or pred.shape[1] != 1:
+        raise ValueError(
+            f"expected (B, 1, *spatial) label maps of the same shape, got {tuple(pred.shape)} and "
+            f"{tuple(target.shape)}."
+        )
+    for name, labels in (("pred", pred), ("target", target)):
+        values = labels.float()
+        if bool(((values != values.round()) | (values < 0) | (values > num_classes)).any()):
+            found = torch.unique(values)[:20].tolist()
+            raise ValueError(f"{name} must hold the class codes 0..{num_classes}, found {found}.")
+    classes = int(num_classes) + 1
+    pred_onehot, target_onehot = one_hot(pred.float(), classes), one_hot(target.float(), classes)
+    return compute_dice(pred_onehot, target_onehot, include_background=False, ignore_empty=ignore_empty).float()
+
+
 class PassWiseMetrics(Cumulative):
     """Accumulates the paper's per-image metrics separately for each refinement pass.
 
     Built on :class:`monai.metrics.Cumulative`, so under ``torch.distributed`` :meth:`aggregate` gathers the
     per-image values of every rank before averaging.
+
+    Binary (``num_classes=1``): predictions and labels are masks, the columns are ``metrics``. K classes
+    (``num_classes=K >= 2``): predictions and labels are label maps 0..K; ``metrics`` are computed on the foreground
+    of any class (``> 0``), and the columns :func:`class_dice_names` (Dice of each class, then their mean, per
+    image; :func:`per_class_dice` with ``ignore_empty=False``) follow. :attr:`columns` lists them all.
 
     Example::
 
@@ -131,15 +196,21 @@ class PassWiseMetrics(Cumulative):
 
     Args:
         metrics: names from :data:`ALL_METRICS` (default: the paper's seven, in the paper's order).
+        num_classes: 1 (binary) or the number K of foreground classes.
     """
 
-    def __init__(self, metrics: Sequence[str] = PAPER_METRICS) -> None:
+    def __init__(self, metrics: Sequence[str] = PAPER_METRICS, num_classes: int = 1) -> None:
         unknown = [m for m in metrics if m not in ALL_METRICS]
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; valid names: {list(ALL_METRICS)}.")
         if len(metrics) == 0:
             raise ValueError("metrics must name at least one metric.")
+        if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
+            raise ValueError(f"num_classes must be an integer >= 1 (1 = binary), got {num_classes!r}.")
         self.metrics: tuple[str, ...] = tuple(metrics)
+        self.num_classes = int(num_classes)
+        #: every column :meth:`aggregate` reports: ``metrics``, then (K classes) :func:`class_dice_names`
+        self.columns: tuple[str, ...] = self.metrics + (class_dice_names(num_classes) if num_classes > 1 else ())
         super().__init__()
 
     def update(self, pass_index: int, pred: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -147,16 +218,24 @@ class PassWiseMetrics(Cumulative):
 
         Args:
             pass_index: 0-based index of the refinement pass that produced ``pred``.
-            pred: ``(B, 1, *spatial)`` prediction (binarized as ``> 0.5``).
-            target: ``(B, 1, *spatial)`` ground truth.
+            pred: ``(B, 1, *spatial)`` prediction (binary: binarized as ``> 0.5``; K classes: label map 0..K).
+            target: ``(B, 1, *spatial)`` ground truth (the same).
 
         Returns:
-            the batch's per-image values ``{name: (B,)}``.
+            the batch's per-image values ``{name: (B,)}``, one per :attr:`columns`.
         """
         if int(pass_index) < 0:
             raise ValueError(f"pass_index must be >= 0, got {pass_index}.")
-        values = segmentation_metrics(pred, target, self.metrics)
-        stacked = torch.stack([values[m] for m in self.metrics], dim=1).detach().cpu()  # (B, n_metrics)
+        if self.num_classes == 1:
+            values = segmentation_metrics(pred, target, self.metrics)
+        else:
+            target = target.to(pred.device)
+            values = segmentation_metrics((pred > 0).float(), (target > 0).float(), self.metrics)
+            dice = per_class_dice(pred, target, self.num_classes)  # (B, K)
+            names = class_dice_names(self.num_classes)
+            values.update({name: dice[:, k] for k, name in enumerate(names[:-1])})
+            values[names[-1]] = dice.mean(dim=1)
+        stacked = torch.stack([values[m] for m in self.columns], dim=1).detach().cpu()  # (B, n_columns)
         passes = torch.full((stacked.shape[0],), int(pass_index), dtype=torch.long)
         self.extend(passes, stacked)
         return values
@@ -166,8 +245,8 @@ class PassWiseMetrics(Cumulative):
 
         Returns:
             a list indexed by pass (``0 .. max pass_index``); entry ``k`` holds ``{"pass": k, "n_images": N,
-            name: mean, ...}``. A pass that received no image has ``n_images = 0`` and ``nan`` means.
-            Empty list when nothing was added.
+            name: mean, ...}`` for every name of :attr:`columns`. A pass that received no image has
+            ``n_images = 0`` and ``nan`` means. Empty list when nothing was added.
         """
         buffers = self.get_buffer()
         if buffers is None:
@@ -177,7 +256,7 @@ class PassWiseMetrics(Cumulative):
         for k in range(int(passes.max().item()) + 1):
             rows = values[passes == k]
             entry: Dict[str, float] = {"pass": k, "n_images": int(rows.shape[0])}
-            means = rows.mean(dim=0) if rows.shape[0] else torch.full((len(self.metrics),), float("nan"))
-            entry.update({name: float(means[i]) for i, name in enumerate(self.metrics)})
+            means = rows.mean(dim=0) if rows.shape[0] else torch.full((len(self.columns),), float("nan"))
+            entry.update({name: float(means[i]) for i, name in enumerate(self.columns)})
             table.append(entry)
         return table

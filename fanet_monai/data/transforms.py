@@ -1,8 +1,9 @@
 """MONAI dictionary transforms that bring loaded images and masks to the network's input conventions.
 
 Images become 3-channel RGB in ``[0, 1]`` (:class:`AsRGBd`, :class:`ScaleToUnitd`), masks single-channel binary
-float 0/1 (:class:`BinarizeLabeld`); :func:`to_grayscale_torch` is the one grayscale conversion of the project (the
-Otsu start mask and the grayscale augmentation use it).
+float 0/1, or single-channel integer class codes 0..K for a K-class task (:class:`BinarizeLabeld`);
+:func:`to_grayscale_torch` is the one grayscale conversion of the project (the Otsu start mask and the grayscale
+augmentation use it).
 """
 
 from __future__ import annotations
@@ -86,27 +87,74 @@ class AsRGBd(MapTransform):
 
 
 class BinarizeLabeld(MapTransform):
-    """Binary single-channel label ``(1, *spatial)`` float 0/1 from a channel-first mask.
+    """Single-channel label ``(1, *spatial)`` float32 from a channel-first mask: binary 0/1 (``num_classes=1``, the
+    default), or the class codes 0..K of a K-class task (``num_classes=K >= 2``).
 
-    The mask is first made single-channel (gray as is, gray+alpha → gray, RGB(A) → max over R, G, B; alpha ignored),
-    then thresholded: foreground where it is above ``threshold`` (on the stored scale, e.g. 127 for 0/255 masks).
+    Binary: the mask is first made single-channel (gray as is, gray+alpha → gray, RGB(A) → max over R, G, B; alpha
+    ignored), then thresholded: foreground where it is above ``threshold`` (on the stored scale, e.g. 127 for 0/255
+    masks).
+
+    Multi-class: the label must hold integer class codes in one channel (gray, or gray+alpha with the alpha
+    ignored; a NIfTI label map): 0 = background, 1..K = the classes. The codes are kept as they are (float32, no
+    threshold); for 2-D bitmaps, save them as gray levels 0..K, not as palette colours (a palette image is read as
+    its RGB colours). Resize such labels with ``nearest`` interpolation.
 
     Args:
         keys: label keys.
-        threshold: value above which a pixel is foreground; ``None`` applies
+        threshold: binary only: value above which a pixel is foreground; ``None`` applies
             :func:`fanet_monai.data.checks.binary_threshold`, the rule the data checks use: two levels → their
             midpoint (0/1, 0/255 and palette masks all work), more levels (JPEG noise) → half the nominal range
             (``> 127`` for 8-bit), one level → ``> 0``.
+        num_classes: 1 (binary) or the number K of foreground classes (the network then has K + 1 output
+            channels).
+
+    Raises:
+        ValueError: ``num_classes < 1``, a ``threshold`` with ``num_classes > 1``; when called with
+            ``num_classes > 1``: a colour label (3 or 4 channels), or values that are not integers in 0..K (the
+            message names the file, ``meta["filename_or_obj"]``, and the values found).
     """
 
-    def __init__(self, keys: KeysCollection, threshold: float | None = None, allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        threshold: float | None = None,
+        allow_missing_keys: bool = False,
+        num_classes: int = 1,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
+            raise ValueError(f"num_classes must be an integer >= 1 (1 = binary), got {num_classes!r}.")
+        if num_classes > 1 and threshold is not None:
+            raise ValueError("threshold applies to binary labels only; multi-class labels keep their class codes.")
         self.threshold = threshold
+        self.num_classes = int(num_classes)
+
+    def _class_codes(self, key: Hashable, label: torch.Tensor) -> torch.Tensor:
+        """The class codes ``(1, *spatial)`` float32 of a multi-class ``label`` ``(C, *spatial)``, checked."""
+        name = label.meta.get("filename_or_obj", key) if isinstance(label, MetaTensor) else key
+        if label.shape[0] > 2:
+            raise ValueError(
+                f"{name}: a {self.num_classes}-class label must hold its class codes 0..{self.num_classes} in one "
+                f"channel, got {label.shape[0]} channels (a colour or palette image?)."
+            )
+        codes = label[:1].to(torch.float32)
+        values = torch.unique(codes.as_tensor() if isinstance(codes, MetaTensor) else codes)
+        bad = values[(values != values.round()) | (values < 0) | (values > self.num_classes)]
+        if bad.numel():
+            found = [int(v) if float(v).is_integer() else v for v in values[:20].tolist()]
+            raise ValueError(
+                f"{name}: label values must be the class codes 0..{self.num_classes} of a {self.num_classes}-class "
+                f"task; found {found}{' ...' if len(values) > 20 else ''}."
+            )
+        return codes
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             label = convert_to_tensor(d[key], track_meta=get_track_meta())
+            if self.num_classes > 1:
+                d[key] = self._class_codes(key, label)
+                continue
             channels = label.shape[0]
             gray = label[:1] if channels <= 2 else label[:3].amax(dim=0, keepdim=True)
             threshold = self.threshold

@@ -40,8 +40,8 @@ def plot_metrics_per_pass(
     Args:
         rows: rows of :class:`PassWiseEvaluationHandler` (pass rows, optionally an ``early_stop`` row).
         path: PNG file to write.
-        metrics: metric names to draw; the counts (Betti-0 error, components) are left out of this 0-1 plot
-            (they are in the CSV).
+        metrics: metric names to draw (multi-class: with the per-class Dice columns); the counts (Betti-0 error,
+            components) are left out of this 0-1 plot (they are in the CSV).
 
     Returns:
         ``path``.
@@ -52,6 +52,8 @@ def plot_metrics_per_pass(
     ax = fig.add_subplot()
     x = [int(r["pass"]) for r in pass_rows]
     labels = {**METRIC_LABELS, "cldice": CONNECTIVITY_LABELS["cldice"]}
+    # multi-class: the Dice of each class and their mean (:func:`~fanet_monai.metrics.class_dice_names`)
+    labels.update({m: "Dice " + m.removeprefix("dice_class_") for m in metrics if m.startswith("dice_class_")})
     for name in (m for m in metrics if m in labels):
         (line,) = ax.plot(x, [r[name] for r in pass_rows], marker="o", markersize=3, label=labels[name])
         if early and math.isfinite(early[0]["mean_passes"]):

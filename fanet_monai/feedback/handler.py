@@ -5,6 +5,10 @@ One sample's mask travels in one direction: file name → cache (RLE, in the pre
 the image → the trainer hands it to its inferer (``PrepareBatchExtraInput({"mask": "mask"})`` →
 ``inferer(image, network, mask=mask)``, which builds the network's input) → prediction → :class:`FeedbackMaskHandler`
 binarizes it, maps it back to the preprocessed frame with the inverse of the augmentation → cache.
+
+Binary and multi-class networks share this path: the cache holds one mask channel, the foreground of any class
+(:func:`~fanet_monai.feedback.masks.foreground_mask`), because the network has one mask input
+(:mod:`fanet_monai.feedback.masks` says why).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from monai.utils import min_version, optional_import
 
 from fanet_monai.feedback.cache import FeedbackMaskCache, sample_key
 from fanet_monai.feedback.inversion import CacheFrameInverse
+from fanet_monai.feedback.masks import foreground_mask
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
@@ -40,14 +45,17 @@ class FeedbackMaskHandler:
       resume, when the checkpoint has restored the cache first).
     - ``Events.ITERATION_STARTED``: the Dice of the fed masks against the labels is accumulated (what the feedback
       did); the masks themselves reach the network through the trainer's inferer.
-    - ``Events.ITERATION_COMPLETED``: each prediction is binarized, mapped back to the preprocessed frame with the
-      inverse of the augmentation that produced the sample, and stored under the sample's file name. Pixels that the
-      augmented view did not cover (cropped or rotated out) keep their previous mask.
+    - ``Events.ITERATION_COMPLETED``: each prediction is binarized (foreground of any class), mapped back to the
+      preprocessed frame with the inverse of the augmentation that produced the sample, and stored under the
+      sample's file name. Pixels that the augmented view did not cover (cropped or rotated out) keep their previous
+      mask.
     - ``Events.EPOCH_COMPLETED``: ``engine.state.metrics[metric_name]`` = mean Dice of the fed masks vs labels, and
       ``engine.state.metrics["stored_mask_dice"]`` = mean Dice of the masks stored this epoch vs labels (both in the
-      augmented frame, as the network saw them). With the paper's ``previous`` source, epoch ``e``'s fed masks are
-      epoch ``e - 1``'s stored ones (the start mask at epoch 1); the ``initial`` and ``mixed`` sources feed the start
-      mask to all or some samples (:mod:`fanet_monai.feedback.sources`), and unrolled training
+      augmented frame, as the network saw them). The labels count as foreground where ``> 0.5``: binary 0/1 labels
+      as before, and, for integer multi-class labels 0..K, any class (``label > 0``). With the paper's
+      ``previous`` source, epoch ``e``'s fed masks are epoch ``e - 1``'s stored ones (the start mask at epoch 1);
+      the ``initial`` and ``mixed`` sources feed the start mask to all or some samples
+      (:mod:`fanet_monai.feedback.sources`), and unrolled training
       (:class:`~fanet_monai.inferers.UnrolledFeedbackInferer`) refines whatever mask it was fed.
 
     ``transform`` (the training dataset's transform, ``@train#transforms`` in ``train.json``) must contain one
@@ -58,8 +66,11 @@ class FeedbackMaskHandler:
         cache: the cache shared with ``FeedbackMaskd``.
         transform: the training dataset's ``Compose`` transform.
         image_key, label_key, mask_key, pred_key: keys of the batch and of the engine output.
-        threshold: probability above which a predicted pixel is foreground.
+        threshold: probability above which a predicted pixel is foreground (one output channel; K + 1 channels
+            use ``argmax != 0``).
         metric_name: name of the per-epoch Dice of the fed masks.
+        out_channels: the network's output channels per pass, 1 (binary) or K + 1 (K classes)
+            (``network_def#out_channels``); stacked passes (``loss_on_every_pass``) are split by it.
     """
 
     def __init__(
@@ -72,15 +83,17 @@ class FeedbackMaskHandler:
         pred_key: str = "pred",
         threshold: float = 0.5,
         metric_name: str = "feedback_mask_dice",
+        out_channels: int = 1,
     ) -> None:
         #: the transform split at its ``FeedbackMaskd`` and the inverse of the augmentation (checks ``transform``)
-        self.inverse = CacheFrameInverse(transform, cache, mask_key, pred_key, threshold)
+        self.inverse = CacheFrameInverse(transform, cache, mask_key, pred_key, threshold, out_channels)
         self.cache = cache
         self.image_key = image_key
         self.label_key = label_key
         self.mask_key = mask_key
         self.pred_key = pred_key
         self.threshold = threshold
+        self.out_channels = self.inverse.out_channels
         self.metric_name = metric_name
         self.history: list[float] = []  # mean Dice of fed masks vs labels, one value per epoch
         self.stored_history: list[float] = []  # mean Dice of the stored (predicted) masks vs labels, per epoch
@@ -136,7 +149,8 @@ class FeedbackMaskHandler:
             self._dice_count += len(dice)
 
     def store(self, engine: Engine) -> None:
-        """Binarize each prediction, map it back to the cache frame and store it under the sample's file name."""
+        """Binarize each prediction (foreground of any class), map it back to the cache frame and store it under the
+        sample's file name."""
         batch, output = engine.state.batch, engine.state.output
         if isinstance(batch, dict):  # decollate=False: split into per-sample items
             n = len(batch[self.mask_key])
@@ -148,7 +162,8 @@ class FeedbackMaskHandler:
             self.cache.put(*self.inverse.to_cache_frame(item[self.mask_key], pred))
             label = item.get(self.label_key)
             if label is not None:
-                binary = (torch.sigmoid(pred.detach()[-1:].float()) > self.threshold).float().cpu()
+                last = pred.detach()[-self.out_channels :].float()  # the last pass when several are stacked
+                binary = foreground_mask(last[None], self.threshold)[0].float().cpu()
                 self._stored_sum += float(_dice(binary[None], (label[None].cpu() > 0.5).float()).sum())
                 self._stored_count += 1
 

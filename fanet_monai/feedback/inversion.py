@@ -4,6 +4,9 @@ A training transform with feedback is ``Compose([deterministic preprocessing...,
 augmentation...])``: the cache holds masks in the frame after the preprocessing. :class:`CacheFrameInverse` splits
 the transform at its :class:`~fanet_monai.feedback.transforms.FeedbackMaskd` and inverts the augmentation of one
 sample (MONAI ``Invertd`` with the fed mask's transform trace) to bring its prediction back into that frame.
+
+The cache holds one binary mask channel for any number of classes: the foreground of any class
+(:func:`~fanet_monai.feedback.masks.foreground_mask`; :mod:`fanet_monai.feedback.masks` says why one channel).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
 
 from fanet_monai.feedback.cache import FeedbackMaskCache, sample_key
+from fanet_monai.feedback.masks import check_out_channels, resampling_foreground
 from fanet_monai.feedback.transforms import FeedbackMaskd
 
 __all__ = ["CacheFrameInverse"]
@@ -52,10 +56,14 @@ class CacheFrameInverse:
         cache: the feedback mask cache.
         mask_key: key of the fed mask (its transform trace is inverted).
         pred_key: key under which ``Invertd`` handles the prediction.
-        threshold: probability above which an inverted pixel is foreground.
+        threshold: probability above which an inverted pixel is foreground (one output channel; K + 1 channels
+            use ``argmax != 0``, see :func:`~fanet_monai.feedback.masks.resampling_foreground`).
+        out_channels: the network's output channels ``C`` per pass: 1 (binary) or K + 1 (K classes); a prediction
+            of several stacked passes (``loss_on_every_pass``) is ``(P * C, *spatial)``, pass-major.
 
     Raises:
-        ValueError: no or several ``FeedbackMaskd`` for ``cache``, or random transforms before it.
+        ValueError: no or several ``FeedbackMaskd`` for ``cache``, random transforms before it, or
+            ``out_channels`` neither 1 nor >= 3.
     """
 
     def __init__(
@@ -65,6 +73,7 @@ class CacheFrameInverse:
         mask_key: str = "mask",
         pred_key: str = "pred",
         threshold: float = 0.5,
+        out_channels: int = 1,
     ) -> None:
         if not isinstance(transform, Compose):
             raise ValueError(
@@ -86,6 +95,7 @@ class CacheFrameInverse:
         self.mask_key = mask_key
         self.pred_key = pred_key
         self.threshold = threshold
+        self.out_channels = check_out_channels(out_channels)
         #: the transform's ``FeedbackMaskd`` (it makes the start masks)
         self.feedback_transform: FeedbackMaskd = flat[end]
         self._end = end
@@ -101,12 +111,23 @@ class CacheFrameInverse:
         return self.transform(dict(item), end=self._end)
 
     def to_cache_frame(self, mask: MetaTensor, pred: torch.Tensor) -> tuple[str, np.ndarray]:
-        """Map one prediction ``(1, *spatial)`` (logits, augmented frame) into the cache frame.
+        """Map one prediction into the cache frame: its foreground of any class, one channel.
 
-        Returns ``(key, binary mask (1, *cache_spatial) uint8)``.
+        Args:
+            mask: the fed mask ``(1, *spatial)`` of the sample, carrying its augmentation's transform trace.
+            pred: logits in the augmented frame, ``(C, *spatial)``, or ``(P * C, *spatial)`` with several passes
+                stacked pass-major (the last pass's ``C`` channels are used).
+
+        Returns:
+            ``(key, binary mask (1, *cache_spatial) uint8)``.
         """
         key = sample_key(mask.meta)
-        prob = torch.sigmoid(pred.detach().float().cpu()[-1:])  # the last pass when several are stacked
+        c = self.out_channels
+        if pred.shape[0] % c:
+            raise ValueError(f"{key}: a prediction of {pred.shape[0]} channels is not P passes of out_channels={c}.")
+        last = pred.detach().float().cpu()[-c:]  # the last pass when several are stacked
+        prob, level = resampling_foreground(last[None], self.threshold)  # (1, 1, *spatial) map, its level
+        prob = prob[0]
         coverage = torch.ones_like(prob)
         stacked = MetaTensor(torch.cat([prob, coverage]), meta=dict(mask.meta))
         trace = MetaTensor(mask.detach().cpu(), meta=dict(mask.meta))
@@ -114,7 +135,7 @@ class CacheFrameInverse:
         inverted = stacked if self._invert is None else self._invert({self.pred_key: stacked, self.mask_key: trace})[
             self.pred_key
         ]
-        new = inverted[:1] > self.threshold
+        new = inverted[:1] > level
         covered = inverted[1:] > 0.5
         if not bool(covered.all()):  # a patch, or a view rotated/cropped: the rest keeps its newest mask
             previous = self.cache.latest(key)

@@ -2,6 +2,8 @@
 
 FANet (Tomar et al., IEEE TNNLS 2022) evaluates an image several times: the first pass gets a start mask (Otsu's
 threshold of the blurred image), every later pass gets the previous prediction, binarized, as its feedback mask.
+The network returns one logit channel (binary, sigmoid) or K + 1 (K classes, softmax, background in channel 0); the
+feedback mask is one channel either way, the foreground of any class (:mod:`fanet_monai.feedback.masks`).
 
 Both inferers are called as MONAI calls an inferer, ``inferer(images, network, mask=None)``: ``images`` holds the
 image channels only ``(B, C, *spatial)``; ``mask`` ``(B, 1, *spatial)`` is the first pass's mask, ``None`` for the

@@ -10,11 +10,13 @@ __all__ = ["check_mask", "check_num_passes", "converged", "early_stop_passes"]
 
 
 def converged(current: torch.Tensor, previous: torch.Tensor, tolerance: float) -> torch.Tensor:
-    """The early-stop rule: which images' binarized predictions stopped changing.
+    """The early-stop rule: which images' discrete predictions stopped changing.
 
     Args:
-        current: ``(B, 1, *spatial)`` boolean masks of a pass.
-        previous: the same images' masks of the pass before.
+        current: ``(B, 1, *spatial)`` discrete predictions of a pass
+            (:func:`~fanet_monai.feedback.masks.discrete_prediction`): boolean or 0/1 masks (binary), label maps
+            0..K (K classes; a pixel that changes class counts as changed).
+        previous: the same images' predictions of the pass before.
         tolerance: largest fraction of changed pixels, in ``[0, 1]``, that still counts as "stopped changing".
 
     Returns:
@@ -27,18 +29,20 @@ def converged(current: torch.Tensor, previous: torch.Tensor, tolerance: float) -
 
 def early_stop_passes(binary: torch.Tensor, tolerance: float) -> torch.Tensor:
     """Per image, the pass at which :class:`IterativeRefinementInferer` with ``early_stop=True`` stops, from the
-    binarized masks of a run without early stop: the first pass ``k >= 2`` that :func:`converged` with pass ``k - 1``,
-    ``num_passes`` if there is none. Taking pass ``k``'s prediction for each image gives the early-stop result.
+    discrete predictions of a run without early stop: the first pass ``k >= 2`` that :func:`converged` with pass
+    ``k - 1``, ``num_passes`` if there is none. Taking pass ``k``'s prediction for each image gives the early-stop
+    result.
 
     Args:
-        binary: ``(num_passes, B, 1, *spatial)`` boolean masks of passes 1 .. ``num_passes``.
+        binary: ``(num_passes, B, 1, *spatial)`` discrete predictions of passes 1 .. ``num_passes`` (boolean or
+            0/1 masks, or label maps 0..K: :func:`~fanet_monai.feedback.masks.discrete_prediction`).
         tolerance: as in :func:`converged`.
 
     Returns:
         ``(B,)`` long tensor of passes used, in ``1 .. num_passes``, on ``binary``'s device.
     """
     if binary.ndim < 4:
-        raise ValueError(f"expected (num_passes, B, 1, *spatial) masks, got shape {tuple(binary.shape)}.")
+        raise ValueError(f"expected (num_passes, B, 1, *spatial) predictions, got shape {tuple(binary.shape)}.")
     num_passes, batch = binary.shape[:2]
     used = torch.full((batch,), num_passes, dtype=torch.long, device=binary.device)
     for k in range(num_passes - 1, 0, -1):  # last to first: the earliest stopping pass wins

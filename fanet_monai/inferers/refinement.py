@@ -13,7 +13,13 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.utils import convert_to_tensor
 
-from fanet_monai.feedback.masks import check_feedback_mode, check_start_mask, feedback_mask, start_mask
+from fanet_monai.feedback.masks import (
+    check_feedback_mode,
+    check_start_mask,
+    discrete_prediction,
+    feedback_mask,
+    start_mask,
+)
 from fanet_monai.inferers.passes import check_mask, check_num_passes, converged
 
 __all__ = ["IterativeRefinementInferer", "Refinement", "LAST_CHANNEL"]
@@ -27,8 +33,8 @@ class Refinement:
     """What :meth:`IterativeRefinementInferer.refine` returns.
 
     Attributes:
-        passes: ``num_passes`` float32 tensors ``(B, 1, *spatial)``: the logits after pass 1, 2, ... (with early
-            stop, a finished image repeats its final logits).
+        passes: ``num_passes`` float32 tensors ``(B, C, *spatial)``: the logits after pass 1, 2, ... (with early
+            stop, a finished image repeats its final logits); ``C = 1`` (binary) or ``K + 1`` (K classes).
         num_passes: ``(B,)`` long: the number of network passes each image used.
         seconds: seconds from the start of the call until pass 1, 2, ... was done (CUDA synchronised).
     """
@@ -39,7 +45,7 @@ class Refinement:
 
     @property
     def logits(self) -> torch.Tensor:
-        """``(B, 1, *spatial)`` logits of the last pass."""
+        """``(B, C, *spatial)`` logits of the last pass."""
         return self.passes[-1]
 
 
@@ -47,15 +53,18 @@ class IterativeRefinementInferer(Inferer):
     """Runs a feedback network ``num_passes`` times, feeding each prediction back as the next pass's mask.
 
     The network takes one tensor ``(B, C + 1, *spatial)``: the ``C`` image channels, then the feedback mask; it
-    returns logits ``(B, 1, *spatial)``. Pass 1 receives ``mask`` (default: the start mask), pass ``k + 1``
-    receives :func:`~fanet_monai.feedback.masks.feedback_mask` of pass ``k``'s logits.
+    returns logits ``(B, 1, *spatial)`` (binary, sigmoid) or ``(B, K + 1, *spatial)`` (K >= 2 classes, softmax,
+    background in channel 0). Pass 1 receives ``mask`` (default: the start mask), pass ``k + 1`` receives
+    :func:`~fanet_monai.feedback.masks.feedback_mask` of pass ``k``'s logits: one channel for any number of classes,
+    the foreground of any class (see :mod:`fanet_monai.feedback.masks` for why one mask channel).
 
-    Early stop (``early_stop=True``): after each pass ``k >= 2`` an image whose binarized prediction
-    (``sigmoid(logits) > threshold``) has :func:`converged` with that of pass ``k - 1`` is finished: it leaves the
-    batch (later passes run the network on the still-active images only, so the cost drops), and it keeps its
-    last logits. With ``tolerance=0`` an image stops as soon as its binarized prediction stops changing; with
-    binary feedback and a deterministic network this never changes the result, because the next input would be
-    identical to the current one. :meth:`refine` returns how many passes each image used.
+    Early stop (``early_stop=True``): after each pass ``k >= 2`` an image whose discrete prediction
+    (:func:`~fanet_monai.feedback.masks.discrete_prediction`: ``sigmoid(logits) > threshold``, or the argmax label
+    map for K + 1 channels) has :func:`converged` with that of pass ``k - 1`` is finished: it leaves the batch
+    (later passes run the network on the still-active images only, so the cost drops), and it keeps its last
+    logits. With ``tolerance=0`` an image stops as soon as its prediction stops changing; with binary feedback and a
+    deterministic network this never changes the result, because the next input would be identical to the current
+    one. :meth:`refine` returns how many passes each image used.
 
     Example::
 
@@ -76,14 +85,15 @@ class IterativeRefinementInferer(Inferer):
             :class:`~fanet_monai.refine_label.StartMaskFromLabeld`).
         feedback: ``"binary"`` (paper: ``sigmoid(logits) > threshold`` as 0/1) or ``"probability"`` (the sigmoid
             map itself).
-        threshold: probability threshold in ``(0, 1)`` for binary feedback and for the early-stop comparison.
+        threshold: probability threshold in ``(0, 1)`` for binary feedback and for the early-stop comparison (one
+            output channel; K + 1 channels use the argmax).
         early_stop: stop refining an image once its binarized prediction stops changing (see above).
         tolerance: largest fraction of changed pixels, in ``[0, 1]``, that still counts as "stopped changing".
         inner: optional MONAI inferer run at every pass as ``inner(cat([images, mask], 1), network)`` (e.g.
             :class:`~monai.inferers.SlidingWindowInferer`: each window gets its own slice of the mask). ``None``
             calls ``network(x)`` directly.
-        return_all_passes: ``__call__`` returns every pass's logits stacked as ``(num_passes, B, 1, *spatial)``
-            instead of the last pass's ``(B, 1, *spatial)``. With early stop, a finished image repeats its final
+        return_all_passes: ``__call__`` returns every pass's logits stacked as ``(num_passes, B, C, *spatial)``
+            instead of the last pass's ``(B, C, *spatial)``. With early stop, a finished image repeats its final
             logits in the later passes.
         amp: run each pass under ``torch.autocast(device_type=images.device.type)``; outputs are float32.
 
@@ -130,16 +140,19 @@ class IterativeRefinementInferer(Inferer):
         return start_mask(images, self.start_mask)
 
     def _run_pass(self, x: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
-        """One network evaluation on ``x`` ``(b, C + 1, *spatial)``; returns float32 logits ``(b, 1, *spatial)``."""
+        """One network evaluation on ``x`` ``(b, C + 1, *spatial)``; returns float32 logits ``(b, 1 or K + 1,
+        *spatial)``."""
         with torch.autocast(device_type=x.device.type, enabled=self.amp):
             out = self.inner(x, network, *args, **kwargs) if self.inner is not None else network(x, *args, **kwargs)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the network (or inner inferer) must return a tensor, got {type(out).__name__}.")
         out = convert_to_tensor(out, track_meta=False)
-        if out.shape[0] != x.shape[0] or out.shape[1] != 1 or out.shape[2:] != x.shape[2:]:
+        channels_ok = out.ndim == x.ndim and (out.shape[1] == 1 or out.shape[1] >= 3)
+        if out.shape[0] != x.shape[0] or not channels_ok or out.shape[2:] != x.shape[2:]:
             raise ValueError(
                 f"expected logits of shape {(x.shape[0], 1, *x.shape[2:])} for an input of shape {tuple(x.shape)}, "
-                f"got {tuple(out.shape)}: feedback needs one output channel at the input's spatial size."
+                f"got {tuple(out.shape)}: feedback needs one output channel (binary) or K + 1 >= 3 (K classes) at "
+                "the input's spatial size."
             )
         return out.float()
 
@@ -156,15 +169,16 @@ class IterativeRefinementInferer(Inferer):
 
         Args:
             images: ``(B, C, *spatial)`` images (image channels only), on any device.
-            network: callable taking ``(b, C + 1, *spatial)`` and returning logits ``(b, 1, *spatial)``.
+            network: callable taking ``(b, C + 1, *spatial)`` and returning logits ``(b, 1, *spatial)`` (binary)
+                or ``(b, K + 1, *spatial)`` (K classes).
             args: extra positional arguments for ``network`` (or ``inner``).
             mask: ``(B, 1, *spatial)`` mask of the first pass; ``None`` for the configured start mask.
             kwargs: extra keyword arguments for ``network`` (or ``inner``).
 
         Yields:
-            ``num_passes`` times: float32 logits ``(B, 1, *spatial)`` of every image (a finished image of an early
-            stop repeats its final logits; each is a new tensor, never modified later) and a ``(B,)`` long tensor
-            of the passes each image has used so far.
+            ``num_passes`` times: float32 logits ``(B, 1 or K + 1, *spatial)`` of every image (a finished image of
+            an early stop repeats its final logits; each is a new tensor, never modified later) and a ``(B,)`` long
+            tensor of the passes each image has used so far.
         """
         images = convert_to_tensor(images, track_meta=False)
         if images.ndim < 3:
@@ -183,8 +197,8 @@ class IterativeRefinementInferer(Inferer):
             mask = convert_to_tensor(mask, track_meta=False).to(device=images.device, dtype=images.dtype, copy=True)
         passes_used = torch.zeros(batch, dtype=torch.long, device=images.device)
         active = torch.arange(batch, device=images.device)  # indices of the images still being refined
-        previous: torch.Tensor | None = None  # (B, 1, *spatial) bool: binarized prediction of the previous pass
-        out: torch.Tensor | None = None  # (B, 1, *spatial) latest logits of every image
+        previous: torch.Tensor | None = None  # (B, 1, *spatial): discrete prediction of the previous pass
+        out: torch.Tensor | None = None  # (B, 1 or K + 1, *spatial) latest logits of every image
 
         for k in range(1, self.num_passes + 1):
             if active.numel() == 0:  # every image finished early: repeat the final logits
@@ -206,12 +220,12 @@ class IterativeRefinementInferer(Inferer):
             else:
                 mask = fed
             if self.early_stop:
-                binary = torch.sigmoid(logits) > self.threshold
+                labels = discrete_prediction(logits, self.threshold)  # 0/1, or 0..K for K + 1 channels
                 if previous is None:
-                    previous = binary
+                    previous = labels
                 else:
-                    done = converged(binary, previous[active], self.tolerance)
-                    previous[active] = binary
+                    done = converged(labels, previous[active], self.tolerance)
+                    previous[active] = labels
                     active = active[~done]  # finished images leave the batch
             yield out, passes_used.clone()
 
@@ -252,15 +266,15 @@ class IterativeRefinementInferer(Inferer):
         Args:
             inputs: ``(B, C, *spatial)`` images (image channels only, as MONAI Label and evaluators pass them).
             network: callable taking ``(b, C + 1, *spatial)`` (images, then mask) and returning logits
-                ``(b, 1, *spatial)``; a TorchScript module works.
+                ``(b, 1, *spatial)`` or ``(b, K + 1, *spatial)``; a TorchScript module works.
             args: extra positional arguments for ``network`` (or ``inner``).
             mask: ``(B, 1, *spatial)`` mask of the first pass; ``None`` for the configured start mask.
             kwargs: extra keyword arguments for ``network`` (or ``inner``).
 
         Returns:
-            float32 logits ``(B, 1, *spatial)`` of the last pass (a :class:`~monai.data.MetaTensor` carrying
-            ``inputs``' metadata when ``inputs`` is one), or, with ``return_all_passes``, every pass's logits
-            stacked as a plain tensor ``(num_passes, B, 1, *spatial)``.
+            float32 logits ``(B, 1 or K + 1, *spatial)`` of the last pass (a :class:`~monai.data.MetaTensor`
+            carrying ``inputs``' metadata when ``inputs`` is one), or, with ``return_all_passes``, every pass's
+            logits stacked as a plain tensor ``(num_passes, B, 1 or K + 1, *spatial)``.
         """
         steps = self.iterate(inputs, network, *args, mask=mask, **kwargs)
         if self.return_all_passes:

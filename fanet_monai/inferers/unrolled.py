@@ -22,15 +22,19 @@ class UnrolledFeedbackInferer(Inferer):
     prediction, the start mask, or a mix), or without ``mask`` for the configured start mask. Passes
     ``1 .. num_passes - 1`` run without gradient, each feeding its binarized (or probability) prediction to the
     next, exactly as :class:`IterativeRefinementInferer` does at test time; pass ``num_passes`` runs with gradient.
-    ``num_passes=1`` is plain single-pass training on the fed mask.
+    ``num_passes=1`` is plain single-pass training on the fed mask. The network returns ``C = 1`` (binary) or
+    ``C = K + 1`` (K classes) channels; the fed mask is one channel either way
+    (:func:`~fanet_monai.feedback.masks.feedback_mask`: the foreground of any class).
 
     Args:
         num_passes: passes per training step, ``>= 1``.
         feedback: ``"binary"`` or ``"probability"``, as at test time.
-        threshold: probability threshold of binary feedback.
+        threshold: probability threshold of binary feedback (one output channel; K + 1 channels use the argmax).
         loss_on_every_pass: also keep the gradient of passes ``1 .. num_passes - 1`` and return every pass's logits
-            stacked along the channel dimension ``(B, num_passes, *spatial)`` (pass ``k`` in channel ``k - 1``), for
-            :class:`~fanet_monai.losses.PassAveragedLoss`. Otherwise returns the last pass ``(B, 1, *spatial)``.
+            stacked along the channel dimension, pass-major: ``(B, num_passes * C, *spatial)``, pass ``k`` in
+            channels ``(k - 1) * C .. k * C - 1`` (binary: ``(B, num_passes, *spatial)``, pass ``k`` in channel
+            ``k - 1``), for :class:`~fanet_monai.losses.PassAveragedLoss` with ``out_channels=C``. Otherwise returns
+            the last pass ``(B, C, *spatial)``.
         start_mask: the first pass's mask when the call gives none (see :class:`IterativeRefinementInferer`).
         random_passes: draw the number of passes of each call uniformly from ``1 .. num_passes`` (with
             ``torch``'s generator, so ``set_determinism`` fixes it), so that training sees its own first, second
@@ -74,13 +78,13 @@ class UnrolledFeedbackInferer(Inferer):
 
         Args:
             inputs: ``(B, C, *spatial)`` images.
-            network: callable ``(B, C + 1, *spatial) -> (B, 1, *spatial)`` logits.
+            network: callable ``(B, C_image + 1, *spatial) -> (B, C, *spatial)`` logits, ``C = 1`` or ``K + 1``.
             args: extra positional arguments for ``network``.
             mask: ``(B, 1, *spatial)`` mask of the first pass; ``None`` for the configured start mask.
             kwargs: extra keyword arguments for ``network``.
 
         Returns:
-            ``(B, 1, *spatial)`` logits of the last pass, or ``(B, num_passes, *spatial)`` with
+            ``(B, C, *spatial)`` logits of the last pass, or ``(B, num_passes * C, *spatial)`` (pass-major) with
             ``loss_on_every_pass``.
         """
         check_mask(inputs, mask)
