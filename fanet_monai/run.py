@@ -60,6 +60,7 @@ INHERITED_SETTINGS = (
     "image_size",
     "spatial_dims",
     "image_channels",
+    "num_classes",
     "input_mode",
     "patch_size",
     "resize_anti_aliasing",

@@ -318,3 +318,38 @@ def test_binary_results_are_those_of_the_code_before_multiclass_support():
         for key, value in want.items():
             assert got[key] == (value if isinstance(value, str) else pytest.approx(value, abs=1e-6)), key
     assert not any(math.isnan(v) for row in expected["rows"] for v in row.values() if isinstance(v, float))
+
+
+@pytest.mark.slow
+def test_multiclass_volumes_through_the_bundle_with_one_setting(tmp_path):
+    """``num_classes: 2`` with ``volume.json``: 3 output channels, label codes kept, per-class Dice per pass,
+    masks written with the codes 0..2 on the input's grid."""
+    import nibabel as nib
+
+    from fanet_monai.bundle import bundle_configs, run_workflow
+    from fanet_monai.data import make_volume_dataset
+    from fanet_monai.run import release_claims
+
+    data = make_volume_dataset(tmp_path / "data", num_volumes=5, shape=(20, 20, 24), kind="blobs", num_classes=2,
+                               seed=1)
+    tiny = {"bundle_root": str(tmp_path / "run"), "num_workers": 0, "num_passes": 2, "patch_size": [16, 16, 16],
+            "network_def#channels": [4, 8, 8, 8], "num_classes": 2}
+    workflow = run_workflow(bundle_configs("train", "volume"), "training", dataset_dir=str(data), max_epochs=1,
+                            batch_size=2, show_progress=False, **tiny)
+    release_claims()
+    assert workflow.parser.get_parsed_content("out_channels") == 3
+    cache = workflow.parser.get_parsed_content("feedback_cache")
+    assert {cache.get(k).shape for k in cache.keys()} == {(1, 20, 20, 24)}  # one mask channel
+    run_workflow(bundle_configs("train", "evaluate", "volume"), "evaluating", dataset_dir=str(data), **tiny)
+    with open(tmp_path / "run" / "eval" / "metrics_per_pass.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["pass"] for r in rows] == ["1", "2", "early_stop"]
+    assert {"dice_class_1", "dice_class_2", "dice_class_mean"} <= set(rows[0])
+    out = tmp_path / "masks"
+    run_workflow(bundle_configs("inference", "volume"), "run", dataset_dir=str(data / "images"),
+                 output_dir=str(out), **tiny)
+    written = sorted(out.rglob("*.nii.gz"))
+    assert len(written) == 5
+    for path in written:
+        mask = nib.load(path)
+        assert mask.shape == (20, 20, 24) and set(np.unique(mask.get_fdata())) <= {0.0, 1.0, 2.0}

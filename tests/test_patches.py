@@ -258,7 +258,30 @@ def test_the_vessel_demo_runs_in_patch_mode(tmp_path, capsys):
                 "--max_epochs", "1", "--num_workers", "0", "--num_passes", "2",
                 "--network_def#channels", "[8,16,16,16]"]) == 0
     printed = capsys.readouterr().out
-    assert "6 vessels images of 64x64" in printed and 'input_mode="patch"' in printed
-    assert json.loads((out / "run.json").read_text())["settings"]["patch_size"] == [32, 32]
+    assert "6 vessels images of 64x64" in printed and "| stored |" in printed
+    settings = json.loads((out / "run.json").read_text())["settings"]
+    assert settings["input_mode"] == "patch" and settings["patch_size"] == [32, 32]
     assert run(["demo", "--out_dir", str(out), "--data", "stars"]) == 2
     assert "choose blobs (resize mode) or vessels (patch mode)" in capsys.readouterr().err
+
+
+def test_an_input_too_large_for_memory_is_refused_before_its_voxels_are_read(tmp_path, monkeypatch):
+    import nibabel as nib
+
+    import fanet_monai.data.inputs as inputs
+    from fanet_monai.data.files import DataCheckError
+
+    volume = tmp_path / "big.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((40, 50, 60), np.float32), np.eye(4)), volume)
+    image = tmp_path / "big.png"
+    Image.fromarray(np.zeros((300, 200, 3), np.uint8)).save(image)
+    assert inputs.inference_bytes((40, 50, 60), 1) == 40 * 50 * 60 * 5 * 4
+    monkeypatch.setattr(inputs, "available_memory", lambda: 2 * 40 * 50 * 60 * 4)
+    monkeypatch.setattr(inputs, "LoadImage", None)  # the header alone must decide
+    with pytest.raises(DataCheckError, match=r"big.nii.gz: a 40x50x60 input needs about .* GiB to refine"):
+        inputs.check_inputs([{"image": str(volume)}], spatial_dims=3)
+    monkeypatch.setattr(inputs, "available_memory", lambda: 300 * 200 * 7 * 4 - 1)
+    with pytest.raises(DataCheckError, match="big.png: a 300x200 input needs"):
+        inputs.check_inputs([{"image": str(image)}])
+    monkeypatch.setattr(inputs, "available_memory", lambda: 300 * 200 * 7 * 4)
+    assert len(inputs.check_inputs([{"image": str(image)}]).good) == 1

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence
 
+import nibabel as nib
+import numpy as np
 from monai.transforms import LoadImage
 
 from fanet_monai.data.checks import DataCheckError, read_array
 from fanet_monai.errors import InputError
 
-__all__ = ["InputCheck", "check_inputs", "writable_dir"]
+__all__ = ["InputCheck", "available_memory", "check_inputs", "check_memory", "inference_bytes", "writable_dir"]
 
 logger = logging.getLogger(__name__)
 MAX_LISTED = 20
@@ -29,8 +31,51 @@ class InputCheck:
     skipped: List[str] = field(default_factory=list)
 
 
+#: float32 arrays of the image's size that inference holds at once: the image channels, the feedback mask, and the
+#: sliding-window output and its weight map (MONAI keeps both), the previous pass's logits and the binarized mask
+BUFFERS_PER_VOXEL = 4
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process now (Linux ``sysconf``; ``0`` where unknown)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def inference_bytes(shape: Sequence[int], channels: int) -> int:
+    """Estimated memory of refining one image or volume of spatial ``shape`` with ``channels`` image channels:
+    ``(channels + BUFFERS_PER_VOXEL)`` float32 values per pixel/voxel (the windows' activations come on top and do
+    not grow with the image)."""
+    return int(np.prod([int(s) for s in shape])) * (channels + BUFFERS_PER_VOXEL) * 4
+
+
+def check_memory(path: str, shape: Sequence[int], channels: int) -> None:
+    """Refuse, naming the file, an image or volume whose refinement would not fit in the available memory."""
+    need, have = inference_bytes(shape, channels), available_memory()
+    if have and need > have:
+        raise DataCheckError(
+            f"{path}: a {'x'.join(map(str, shape))} input needs about {need / 2**30:.1f} GiB to refine (image, "
+            f"mask and sliding-window buffers) but {have / 2**30:.1f} GiB are available; crop it or resample it to "
+            "a coarser spacing first.")
+
+
+def _volume_shape(path: str) -> tuple[int, ...] | None:
+    """The spatial shape from a NIfTI header without reading the voxels (``None`` for other formats)."""
+    if not path.endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        return tuple(int(s) for s in nib.load(path).shape[:3])
+    except Exception:  # noqa: BLE001 - the full read below reports it
+        return None
+
+
 def _check_image(path: str, spatial_dims: int = 2) -> None:
     if spatial_dims == 3:
+        header_shape = _volume_shape(path)
+        if header_shape is not None:
+            check_memory(path, header_shape, 1)  # before the voxels are read
         try:
             shape = tuple(LoadImage(image_only=True)(path).shape)
         except Exception as error:  # noqa: BLE001 - every reader failure means "this file cannot be used"
@@ -38,10 +83,12 @@ def _check_image(path: str, spatial_dims: int = 2) -> None:
                                  f"{str(error).splitlines()[0] if str(error) else ''}).") from error
         if len(shape) != 3 and not (len(shape) == 4 and shape[-1] == 1):
             raise DataCheckError(f"{path}: expected a 3-D volume, got array shape {shape}.")
+        check_memory(path, shape[:3], 1)
         return
     array = read_array(path)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4)):
         raise DataCheckError(f"{path}: expected a 2-D gray, RGB or RGBA image, got array shape {array.shape}.")
+    check_memory(path, array.shape[:2], 3)
 
 
 def check_inputs(items: Sequence[Mapping[str, str]], skip_bad: bool = False, key: str = "image",

@@ -1,0 +1,69 @@
+"""The bundle's one switch between binary and multi-class segmentation: ``num_classes`` (foreground classes).
+
+- ``num_classes = 1`` (binary, the paper): one output channel of logits, sigmoid, Dice-CE with BCE, foreground =
+  sigmoid > 0.5, masks saved as 0/255 bitmaps (0/1 in NIfTI kept as such by the writer's dtype).
+- ``num_classes = K > 1`` (hippocampus anterior/posterior, tumour sub-regions, organs): ``K + 1`` output channels
+  (channel 0 the background), softmax, Dice-CE with one-hot labels, the prediction is the argmax (label codes
+  ``0..K``, saved as they are), Dice per class without the background.
+
+The network keeps **one** feedback-mask input channel in both cases: the predicted foreground of any class
+(:func:`fanet_monai.feedback.masks.foreground_mask`). These functions build the MONAI objects the configs wire, so
+no JSON holds the choice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from monai.handlers import MeanDice
+from monai.losses import DiceCELoss
+from monai.transforms import Activationsd, AsDiscreted, Identityd, ScaleIntensityRanged
+
+__all__ = ["activation", "discretization", "mask_values", "mean_dice", "output_channels", "segmentation_loss"]
+
+
+def _check(num_classes: int) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a whole number >= 1 (1: binary), got {num_classes!r}.")
+    return num_classes
+
+
+def output_channels(num_classes: int) -> int:
+    """Channels of the network's logits: 1 for a binary task, ``num_classes + 1`` (with background) otherwise."""
+    return 1 if _check(num_classes) == 1 else num_classes + 1
+
+
+def segmentation_loss(num_classes: int, **kwargs: Any) -> DiceCELoss:
+    """MONAI's Dice-CE on the logits: with sigmoid (binary) or softmax and one-hot labels (multi-class)."""
+    if _check(num_classes) == 1:
+        return DiceCELoss(sigmoid=True, **kwargs)
+    return DiceCELoss(softmax=True, to_onehot_y=True, **kwargs)
+
+
+def activation(num_classes: int, keys: str = "pred") -> Activationsd:
+    """Logits to probabilities: sigmoid (binary) or softmax over the channels (multi-class)."""
+    binary = _check(num_classes) == 1
+    return Activationsd(keys, sigmoid=binary, softmax=not binary)
+
+
+def discretization(num_classes: int, keys: str = "pred", threshold: float = 0.5) -> AsDiscreted:
+    """Probabilities to the prediction: ``> threshold`` as 0/1 (binary) or the argmax, label codes ``0..K``."""
+    if _check(num_classes) == 1:
+        return AsDiscreted(keys, threshold=threshold)
+    return AsDiscreted(keys, argmax=True)
+
+
+def mask_values(num_classes: int, keys: str = "pred") -> Callable:
+    """What a saved mask holds: 0/255 for a binary mask (a viewable bitmap), the label codes as they are for
+    multi-class."""
+    if _check(num_classes) == 1:
+        return ScaleIntensityRanged(keys, a_min=0.0, a_max=1.0, b_min=0.0, b_max=255.0)
+    return Identityd(keys)
+
+
+def mean_dice(num_classes: int, output_transform: Callable) -> MeanDice:
+    """The validation key metric: Dice of the foreground (binary) or the mean Dice over the ``K`` classes
+    without the background (multi-class; MONAI one-hot encodes the argmax map and the label)."""
+    if _check(num_classes) == 1:
+        return MeanDice(include_background=True, output_transform=output_transform)
+    return MeanDice(include_background=False, num_classes=num_classes + 1, output_transform=output_transform)
