@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
-import time
+import timeit
 
 import numpy as np
 import torch
@@ -50,13 +49,9 @@ def networks(dims: int, widths: list[int]) -> dict[str, torch.nn.Module]:
 
 
 def median_seconds(fn, repeats: int) -> float:
+    """Median of ``repeats`` timed calls after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timeit.repeat(fn, number=1, repeat=repeats))
 
 
 def step_and_pass(dims: int, widths: list[int], patch: int, image: int, batch: int, repeats: int) -> list[dict]:
@@ -100,7 +95,8 @@ net = FANet(spatial_dims={dims}, in_channels=channels, out_channels=1, channels=
 net(torch.rand(1, channels + 1, *[{patch}] * {dims}))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 image = torch.rand(1, channels, *[{size}] * {dims})
-inferer = IterativeRefinementInferer(num_passes=2, inner=SlidingWindowInferer([{patch}] * {dims}, 4, 0.25, mode="gaussian"))
+window = SlidingWindowInferer([{patch}] * {dims}, 4, 0.25, mode="gaussian")
+inferer = IterativeRefinementInferer(num_passes=2, inner=window)
 inferer(image, net)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
 """
@@ -141,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     rows += step_and_pass(3, [16, 32, 64, 128] if not args.smoke else narrow, sizes["patch3"], sizes["image3"], 2,
                           repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
-    print("| dims | network | parameters (M) | training step (s per unit) | one pass (s per unit) | pass vs BasicUNet |")
+    print("| dims | network | parameters (M) | training step (s per unit) | one pass (s per unit) "
+          "| pass vs BasicUNet |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         base = next(r for r in rows if r["dims"] == row["dims"] and r["network"] == "BasicUNet")

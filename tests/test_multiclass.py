@@ -353,3 +353,21 @@ def test_multiclass_volumes_through_the_bundle_with_one_setting(tmp_path):
     for path in written:
         mask = nib.load(path)
         assert mask.shape == (20, 20, 24) and set(np.unique(mask.get_fdata())) <= {0.0, 1.0, 2.0}
+
+
+def test_the_data_check_takes_class_codes_and_refuses_undeclared_ones(tmp_path):
+    from PIL import Image
+
+    from fanet_monai.data.checks import check_items
+    from fanet_monai.data.files import DataCheckError
+
+    items = []
+    for i, codes in enumerate(([0, 1, 2], [0, 2], [0, 3])):
+        image, label = tmp_path / f"i{i}.png", tmp_path / f"m{i}.png"
+        Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(image)
+        Image.fromarray(np.resize(np.array(codes, np.uint8), (8, 8))).save(label)
+        items.append({"image": str(image), "label": str(label)})
+    report = check_items({"training": items[:2]}, num_classes=2)
+    assert not report.problems and report.splits["training"][0].levels == 3
+    with pytest.raises(DataCheckError, match=r"m2.png: label values \[0, 3\] .* not the declared classes 0..2"):
+        check_items({"training": items}, num_classes=2)

@@ -17,7 +17,6 @@ from PIL import Image
 from fanet_monai.cli import run
 from fanet_monai.data import make_synthetic_dataset
 from fanet_monai.data.patches import (
-    RandPatchesd,
     check_input_mode,
     evaluation_batch_size,
     patch_sampling,

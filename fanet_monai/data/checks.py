@@ -265,7 +265,8 @@ def check_unique_names(splits: Mapping[str, Sequence[Mapping[str, str]]], key: s
     raise_problems(errors)
 
 
-def _check_item(item: Mapping[str, str], image_key: str, label_key: str, extra_keys: Sequence[str]):
+def _check_item(item: Mapping[str, str], image_key: str, label_key: str, extra_keys: Sequence[str],
+                num_classes: int = 1):
     image_path = str(item[image_key])
     image = read_array(image_path)
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 2, 3, 4)):
@@ -282,8 +283,15 @@ def _check_item(item: Mapping[str, str], image_key: str, label_key: str, extra_k
             f"{label_path}: mask size {label.shape[1]}x{label.shape[0]} (WxH) differs from its image {image_path} "
             f"({size[1]}x{size[0]})."
         )
-    foreground, changed = binarize_mask(label, label_path)
-    levels = int(len(np.unique(mask_to_gray(label)))) if changed else 2
+    if num_classes > 1:  # class codes 0..K, kept as they are
+        codes = np.unique(label)
+        if label.ndim != 2 or not np.isin(codes, np.arange(num_classes + 1)).all():
+            raise DataCheckError(f"{label_path}: label values {codes[:8].tolist()} (shape {label.shape}) are not the "
+                                 f"declared classes 0..{num_classes}; fix the label or --num_classes.")
+        foreground, changed, levels = label > 0, 0, len(codes)
+    else:
+        foreground, changed = binarize_mask(label, label_path)
+        levels = int(len(np.unique(mask_to_gray(label)))) if changed else 2
     for key in extra_keys:
         if key not in item:
             continue
@@ -306,6 +314,7 @@ def check_items(
     extra_keys: Sequence[str] = ("fov",),
     title: str = "dataset",
     required: Sequence[str] = ("training",),
+    num_classes: int = 1,
 ) -> DataReport:
     """Read and check every item of ``{split: [{"image", "label", ...}]}`` (each file once).
 
@@ -329,7 +338,7 @@ def check_items(
             signature = (str(item[image_key]), str(item.get(label_key)))
             if signature not in seen:
                 try:
-                    seen[signature] = _check_item(item, image_key, label_key, extra_keys)
+                    seen[signature] = _check_item(item, image_key, label_key, extra_keys, num_classes)
                 except DataCheckError as error:
                     errors.append(str(error))
                     continue
@@ -357,6 +366,7 @@ def check_datalist(
     split_mode: str = "random",
     extra_keys: Sequence[str] = ("fov",),
     log: bool = True,
+    num_classes: int = 1,
 ) -> DataReport:
     """Check the lists the bundle will train on (a dataset folder or a datalist JSON, as ``train.json``'s
     ``datalist``) before training starts; raises :class:`DataCheckError` naming the file."""
@@ -381,7 +391,7 @@ def check_datalist(
     # training needs a training list (an empty validation list is the user's choice, val_fraction=0); evaluation
     # (no training list requested) needs the lists it evaluates
     required = ["training"] if "training" in lists else list(lists)
-    report = check_items(lists, extra_keys=extra_keys, title=str(source), required=required)
+    report = check_items(lists, extra_keys=extra_keys, title=str(source), required=required, num_classes=num_classes)
     if log:
         logger.info("data check passed:\n%s", report.text())
     return report
