@@ -7,7 +7,8 @@ one run:
 - ``resize_nearest``: the bundle in resize mode as it was (bilinear image without anti-aliasing, nearest label);
 - ``resize_area``: the bundle in resize mode with an anti-aliased image and an area-resized (soft) label;
 - ``fanet_patch``: the bundle in patch mode (``patch_size`` patches, sliding-window refinement);
-- ``basicunet_patch``: the bundle in patch mode with MONAI's ``BasicUNet`` as ``network_def``;
+- ``basicunet_resize_nearest``, ``basicunet_resize_area``, ``basicunet_patch``: the same three with MONAI's
+  ``BasicUNet`` as ``network_def`` (the bundle's pipeline against the plain scripts, same network);
 - ``monai_resize``: a plain MONAI script (``BasicUNet``, images and labels resized bilinear with anti-aliasing /
   area, flips, Dice-CE, Adam, logits resized back to the native size);
 - ``monai_patch``: a plain MONAI script with ``BasicUNet`` on ``RandCropByPosNegLabeld`` patches and
@@ -48,7 +49,8 @@ from fanet_monai.run import release_claims
 from fanet_monai.topology import connectivity_metrics
 
 SHARED_EM = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em"
-CONFIGS = ("resize_nearest", "resize_area", "fanet_patch", "basicunet_patch", "monai_resize", "monai_patch")
+CONFIGS = ("resize_nearest", "resize_area", "fanet_patch", "basicunet_resize_nearest", "basicunet_resize_area",
+           "basicunet_patch", "monai_resize", "monai_patch")
 BASICUNET = {"_target_": "fanet_monai.networks.ImageOnlyNetwork",
              "network": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1}}
 
@@ -92,14 +94,14 @@ def run_bundle(config: str, train: Path, test: Path, out: Path, args: argparse.N
     common = ["--num_workers", "0", "--show_progress", "False", "--seed", str(seed), "--batch_size",
               str(args.batch), "--max_epochs", str(args.epochs), "--val_interval", str(10**9), "--val_fraction", "0",
               "--network_def#channels", json.dumps(args.channels), "--learning_rate", "1e-3"]
-    if config.startswith("resize"):
+    if "resize" in config:
         common += ["--input_mode", "resize", "--image_size", json.dumps([args.resize] * 2)]
-        if config == "resize_area":
+        if config.endswith("resize_area"):
             common += ["--resize_anti_aliasing", "True", "--resize_label_mode", "area"]
     else:
         common += ["--input_mode", "patch", "--patch_size", json.dumps([args.patch] * 2), "--patches_per_image",
                    str(args.patches)]
-    if config == "basicunet_patch":
+    if config.startswith("basicunet"):
         common = [c for c in common if not c.startswith("--network_def#channels")]
         common.remove(json.dumps(args.channels))
         common += ["--network_def", json.dumps(BASICUNET)]
