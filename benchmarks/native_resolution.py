@@ -5,7 +5,8 @@ own size** (Dice, clDice, Betti-0 error: :mod:`fanet_monai.metrics`, :mod:`fanet
 one run:
 
 - ``resize_nearest``: the bundle in resize mode as it was (bilinear image without anti-aliasing, nearest label);
-- ``resize_area``: the bundle in resize mode with an anti-aliased image and an area-resized (soft) label;
+- ``resize_area``: the bundle in resize mode with an anti-aliased image and an area-resized (soft) label (the
+  default since this comparison);
 - ``fanet_patch``: the bundle in patch mode (``patch_size`` patches, sliding-window refinement);
 - ``basicunet_resize_nearest``, ``basicunet_resize_area``, ``basicunet_patch``: the same three with MONAI's
   ``BasicUNet`` as ``network_def`` (the bundle's pipeline against the plain scripts, same network);
@@ -96,8 +97,8 @@ def run_bundle(config: str, train: Path, test: Path, out: Path, args: argparse.N
               "--network_def#channels", json.dumps(args.channels), "--learning_rate", "1e-3"]
     if "resize" in config:
         common += ["--input_mode", "resize", "--image_size", json.dumps([args.resize] * 2)]
-        if config.endswith("resize_area"):
-            common += ["--resize_anti_aliasing", "True", "--resize_label_mode", "area"]
+        area = config.endswith("resize_area")
+        common += ["--resize_anti_aliasing", str(area), "--resize_label_mode", "area" if area else "nearest"]
     else:
         common += ["--input_mode", "patch", "--patch_size", json.dumps([args.patch] * 2), "--patches_per_image",
                    str(args.patches)]

@@ -7,8 +7,9 @@ volume, and the size of the feedback cache per image/volume against raw masks �
 - **Pass**: one sliding-window pass (128² / 64³ windows, overlap 0.25, Gaussian blending) over a 1024² image or a
   128³ volume, per megapixel / per 64³ of image. An extra refinement pass costs one pass: FANet refines by running
   this again on ``cat(image, new mask)``; BasicUNet has no second pass.
-- **Peak memory**: resident set of a fresh process that runs one refinement pass (start mask included) over a
-  4096² RGB image / a 256³ volume with the narrow networks, above the same process before the image existed.
+- **Peak memory**: resident set (sampled every 5 ms) of a fresh process that runs two refinement passes (start mask
+  included) over a 4096² RGB image / a 256³ volume with a narrow FANet, above the same process before the image
+  existed.
 - **Cache**: run-length-encoded feedback masks (:class:`~fanet_monai.feedback.FeedbackMaskCache`) of the synthetic
   vessels (1024²) and tubes (256³), against one byte per pixel.
 
@@ -85,20 +86,30 @@ def step_and_pass(dims: int, widths: list[int], patch: int, image: int, batch: i
 def peak_memory(dims: int, size: int, widths: list[int], patch: int) -> dict:
     """Peak resident memory above the baseline of a fresh process for one refinement pass (a subprocess)."""
     code = f"""
-import resource, torch
+import threading, time, torch
 from monai.inferers import SlidingWindowInferer
 from fanet_monai import FANet
 from fanet_monai.inferers import IterativeRefinementInferer
+
+def rss():  # resident set now, MiB (the high-water mark of getrusage would include the imports' peak)
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
 torch.set_grad_enabled(False)
 channels = {3 if dims == 2 else 1}
 net = FANet(spatial_dims={dims}, in_channels=channels, out_channels=1, channels={widths}).eval()
 net(torch.rand(1, channels + 1, *[{patch}] * {dims}))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base, peak, done = rss(), [0.0], threading.Event()
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.005)
+threading.Thread(target=sample, daemon=True).start()
 image = torch.rand(1, channels, *[{size}] * {dims})
 window = SlidingWindowInferer([{patch}] * {dims}, 4, 0.25, mode="gaussian")
-inferer = IterativeRefinementInferer(num_passes=2, inner=window)
-inferer(image, net)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+IterativeRefinementInferer(num_passes=2, inner=window)(image, net)
+done.set()
+print(max(peak[0], rss()) - base)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     image_mb = (3 if dims == 2 else 1) * size**dims * 4 / 2**20

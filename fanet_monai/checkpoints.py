@@ -206,7 +206,8 @@ class ResumedHyperparameters:
       wherever it differs from the restored one;
     - the learning rate: the configured one when it differs from ``started_learning_rate``, the rate the run was
       started with (``run.json``) — so an explicit ``--learning_rate`` applies, while a resume without one keeps
-      the rate the scheduler had reached.
+      the rate the scheduler had reached;
+    - the feedback cache's update policy (``--feedback_cache#update_policy``).
 
     Each change is logged (old → new).
 
@@ -214,13 +215,15 @@ class ResumedHyperparameters:
         optimizer: the optimizer, built from the current configuration (snapshot taken here, before loading).
         lr_scheduler: the scheduler, likewise (optional).
         started_learning_rate: the run's recorded learning rate; ``None``: the learning rate is left as restored.
+        feedback_cache: the feedback cache, whose restored ``update_policy`` is set back to the configured one
+            (optional).
     """
 
     #: scheduler attributes that are settings, not training state (``best``, counters, ``last_epoch``)
     SCHEDULER_SETTINGS = ("factor", "min_lrs", "patience", "cooldown", "threshold", "threshold_mode", "eps")
 
     def __init__(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any = None,
-                 started_learning_rate: float | None = None) -> None:
+                 started_learning_rate: float | None = None, feedback_cache: Any = None) -> None:
         self.optimizer = optimizer
         self.groups = [{k: v for k, v in g.items() if k not in ("params", "initial_lr")}
                        for g in optimizer.param_groups]
@@ -228,6 +231,8 @@ class ResumedHyperparameters:
         self.scheduler_settings = {k: getattr(lr_scheduler, k) for k in self.SCHEDULER_SETTINGS
                                    if hasattr(lr_scheduler, k)}
         self.started_learning_rate = started_learning_rate
+        self.feedback_cache = feedback_cache
+        self.update_policy = getattr(feedback_cache, "update_policy", None)
         self.changes: list[str] = []
 
     def attach(self, engine: Engine) -> None:
@@ -247,6 +252,11 @@ class ResumedHyperparameters:
             if getattr(self.lr_scheduler, key) != value:
                 changes.append(f"lr_scheduler {key}: {getattr(self.lr_scheduler, key)} (checkpoint) -> {value}")
                 setattr(self.lr_scheduler, key, value)
+        restored = getattr(self.feedback_cache, "update_policy", None)
+        if restored != self.update_policy:
+            self.feedback_cache.commit()  # staged masks become the state the new policy starts from
+            self.feedback_cache.update_policy = self.update_policy
+            changes.append(f"feedback_cache update_policy: {restored} (checkpoint) -> {self.update_policy}")
         for line in changes:
             logger.info("resume: %s", line)
         self.changes = changes

@@ -137,14 +137,15 @@ def test_resume_applies_a_new_learning_rate_and_scheduler_setting_and_keeps_them
     root = tmp_path / "root"
     assert _train(data, root, "--max_epochs", "1", "--learning_rate", "0.01") == 0
     assert _train(data, root, "--resume", "True", "--max_epochs", "2", "--learning_rate", "0.005",
-                  "--lr_scheduler#patience", "9") == 0
+                  "--lr_scheduler#patience", "9", "--feedback_cache#update_policy", "on_improvement") == 0
     out = capsys.readouterr().out
     assert "--learning_rate 0.005 given (was 0.01)" in out
     assert "resume: optimizer param group 0 lr: 0.01 (checkpoint) -> 0.005" in out
     assert "resume: lr_scheduler patience: 5 (checkpoint) -> 9" in out
+    assert "resume: feedback_cache update_policy: every_epoch (checkpoint) -> on_improvement" in out
     state = torch.load(root / "models" / "checkpoint_epoch=2.pt", weights_only=True)
     assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [0.005]
-    assert state["lr_scheduler"]["patience"] == 9
+    assert state["lr_scheduler"]["patience"] == 9 and state["feedback_cache"]["update_policy"] == "on_improvement"
 
     assert _train(data, root, "--resume", "True", "--max_epochs", "3") == 0  # nothing given: the state is kept
     assert "resume: " not in capsys.readouterr().out

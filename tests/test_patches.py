@@ -19,6 +19,7 @@ from fanet_monai.data import make_synthetic_dataset
 from fanet_monai.data.patches import (
     check_input_mode,
     evaluation_batch_size,
+    label_resize_mode,
     patch_sampling,
     resizing,
     window_inferer,
@@ -56,6 +57,22 @@ def test_modes_are_checked_and_resize_mode_is_unchanged():
     assert evaluation_batch_size("resize", 4) == 4 and evaluation_batch_size("patch", 4) == 1
     with pytest.raises(ValueError, match="patches_per_image"):
         patch_sampling("patch", [8, 8], num_samples=0)
+    assert label_resize_mode("area") == "area" and label_resize_mode("area", num_classes=3) == "nearest"
+    with pytest.raises(ValueError, match="resize_label_mode"):
+        label_resize_mode("cubic")
+
+
+def test_resize_mode_keeps_thin_lines_in_area_resized_labels():
+    """The resize-pipeline fix: a 1-px line survives as a soft target with its area (area), while nearest keeps or
+    drops it whole depending on where the sampling grid falls."""
+    label = torch.zeros(1, 90, 90)
+    label[:, :, 45] = 1.0  # a vertical 1-px line
+    d = {"image": torch.rand(3, 90, 90), "label": label}
+    area = resizing("resize", [40, 40], interpolation=["bilinear", label_resize_mode("area")], anti_aliasing=True)(d)
+    nearest = resizing("resize", [40, 40], interpolation=["bilinear", "nearest"])(d)
+    assert 0 < float(area["label"].max()) < 1  # a soft target: the fraction of each pixel the line covers
+    assert int((area["label"][0] > 0).any(dim=1).sum()) == 40  # present in every row
+    assert float(nearest["label"].sum()) in (0.0, 40.0)  # all or nothing, depending on where the grid falls
 
 
 @pytest.mark.parametrize("shape, patch", [((40, 52), (16, 24)), ((12, 20, 16), (8, 8, 8)), ((10, 30), (16, 16))])
@@ -274,13 +291,14 @@ def test_an_input_too_large_for_memory_is_refused_before_its_voxels_are_read(tmp
     nib.save(nib.Nifti1Image(np.zeros((40, 50, 60), np.float32), np.eye(4)), volume)
     image = tmp_path / "big.png"
     Image.fromarray(np.zeros((300, 200, 3), np.uint8)).save(image)
-    assert inputs.inference_bytes((40, 50, 60), 1) == 40 * 50 * 60 * 5 * 4
+    per_pixel = inputs.BUFFERS_PER_VOXEL * 4
+    assert inputs.inference_bytes((40, 50, 60), 1) == 40 * 50 * 60 * (per_pixel + 4)
     monkeypatch.setattr(inputs, "available_memory", lambda: 2 * 40 * 50 * 60 * 4)
     monkeypatch.setattr(inputs, "LoadImage", None)  # the header alone must decide
     with pytest.raises(DataCheckError, match=r"big.nii.gz: a 40x50x60 input needs about .* GiB to refine"):
         inputs.check_inputs([{"image": str(volume)}], spatial_dims=3)
-    monkeypatch.setattr(inputs, "available_memory", lambda: 300 * 200 * 7 * 4 - 1)
+    monkeypatch.setattr(inputs, "available_memory", lambda: 300 * 200 * (per_pixel + 12) - 1)
     with pytest.raises(DataCheckError, match="big.png: a 300x200 input needs"):
         inputs.check_inputs([{"image": str(image)}])
-    monkeypatch.setattr(inputs, "available_memory", lambda: 300 * 200 * 7 * 4)
+    monkeypatch.setattr(inputs, "available_memory", lambda: 300 * 200 * (per_pixel + 12))
     assert len(inputs.check_inputs([{"image": str(image)}]).good) == 1

@@ -31,9 +31,11 @@ class InputCheck:
     skipped: List[str] = field(default_factory=list)
 
 
-#: float32 arrays of the image's size that inference holds at once: the image channels, the feedback mask, and the
-#: sliding-window output and its weight map (MONAI keeps both), the previous pass's logits and the binarized mask
-BUFFERS_PER_VOXEL = 4
+#: float32 arrays of the image's size that refinement holds at its peak besides the image channels: the mask, the
+#: network input, MONAI's sliding-window output and weight maps, the start mask's blur and histograms, the passes'
+#: logits and masks. Measured (benchmarks/patch_cost.py): 1.47 GiB above baseline for a 4096² RGB image (23 maps
+#: of 64 MiB, 3 of them the image), 1.45 GiB for a 256³ volume (22.6 maps).
+BUFFERS_PER_VOXEL = 20
 
 
 def available_memory() -> int:

@@ -36,6 +36,7 @@ __all__ = [
     "RandPatchesd",
     "WindowInferer",
     "check_input_mode",
+    "label_resize_mode",
     "evaluation_batch_size",
     "network_input_size",
     "note_small_images",
@@ -88,6 +89,15 @@ def resizing(mode: str, image_size: Sequence[int], keys: Sequence[str] = ("image
     aliasing = [bool(anti_aliasing) and m not in ("nearest", "area") for m in interpolation]
     return Compose([Resized(list(keys), spatial_size=list(image_size), mode=list(interpolation),
                             anti_aliasing=aliasing)])
+
+
+def label_resize_mode(mode: str, num_classes: int = 1) -> str:
+    """How labels are resized in ``"resize"`` mode: ``mode`` (``"area"``: the fraction of each output pixel a
+    binary label covers, a soft target that keeps 1-px structures; ``"nearest"``), always ``"nearest"`` for
+    multi-class labels (class codes cannot be averaged)."""
+    if mode not in ("area", "nearest", "bilinear"):
+        raise ValueError(f"resize_label_mode must be 'area', 'nearest' or 'bilinear', got {mode!r}.")
+    return "nearest" if num_classes > 1 else mode
 
 
 def network_input_size(mode: str, image_size: Sequence[int], patch_size: Sequence[int]) -> list[int]:
