@@ -13,13 +13,16 @@ no JSON holds the choice.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import warnings
+from typing import Any, Callable, Hashable, Mapping
 
 from monai.handlers import MeanDice
 from monai.losses import DiceCELoss
-from monai.transforms import Activationsd, AsDiscreted, Identityd, ScaleIntensityRanged
+from monai.transforms import (Activationsd, AsDiscreted, Identityd, MapTransform, RemoveSmallObjectsd,
+                              ScaleIntensityRanged)
 
-__all__ = ["activation", "discretization", "mask_values", "mean_dice", "output_channels", "segmentation_loss"]
+__all__ = ["activation", "discretization", "mask_values", "mean_dice", "output_channels", "segmentation_loss",
+           "small_object_removal"]
 
 
 def _check(num_classes: int) -> int:
@@ -51,6 +54,35 @@ def discretization(num_classes: int, keys: str = "pred", threshold: float = 0.5)
     if _check(num_classes) == 1:
         return AsDiscreted(keys, threshold=threshold)
     return AsDiscreted(keys, argmax=True)
+
+
+class QuietRemoveSmallObjectsd(RemoveSmallObjectsd):
+    """:class:`~monai.transforms.RemoveSmallObjectsd` without scikit-image's deprecation warning about the
+    ``min_size`` argument MONAI passes (printed once per image otherwise); same result."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*min_size.*deprecated")
+            return super().__call__(data)
+
+
+def small_object_removal(min_size: int, spatial_dims: int, keys: str = "pred") -> MapTransform:
+    """After :func:`discretization`: clear every foreground component smaller than ``min_size`` pixels/voxels
+    (MONAI's :class:`~monai.transforms.RemoveSmallObjectsd`, i.e. ``skimage.morphology.remove_small_objects``).
+
+    Components are those of the foreground of any class (``pred > 0``) with full connectivity (8 neighbours in
+    2-D, 26 in 3-D), the convention of :mod:`fanet_monai.topology`; a removed component becomes background and the
+    kept ones keep their class codes. ``min_size = 0`` (the default of the ``min_object_size`` setting) is the
+    identity. Takes the ``(1, *spatial)`` discrete prediction; the size is counted in the grid it is given on (the
+    input's native grid in ``fanet infer``)."""
+    if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
+        raise ValueError(f"min_object_size must be a whole number of pixels/voxels >= 0, got {min_size!r}.")
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+    if min_size == 0:
+        return Identityd(keys)
+    # the channel axis counts as one more (size-1) axis for skimage: full connectivity is spatial_dims + 1 hops
+    return QuietRemoveSmallObjectsd(keys, min_size=min_size, connectivity=spatial_dims + 1, independent_channels=False)
 
 
 def mask_values(num_classes: int, keys: str = "pred") -> Callable:

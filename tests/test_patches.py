@@ -197,6 +197,22 @@ def test_patch_mode_end_to_end_train_resume_evaluate_infer_at_native_size(tmp_pa
     sizes = {p.name: np.asarray(Image.open(p)).shape for p in masks.glob("*.png")}
     assert sizes["small.png"] == (24, 30) and len(sizes) == 9
     assert all(s == (40, 72) for n, s in sizes.items() if n != "small.png")
+    # the speck filter on the saved masks: every component left has >= 12 pixels, nothing else changed
+    cleaned = tmp_path / "cleaned"
+    assert run(["infer", str(data / "images"), str(cleaned), "--bundle_root", str(root), "--num_workers", "0",
+                "--min_object_size", "12"]) == 0
+    from skimage.measure import label as components
+
+    for path in masks.glob("*.png"):
+        before, after = np.asarray(Image.open(path)) > 0, np.asarray(Image.open(cleaned / path.name)) > 0
+        assert not (after & ~before).any()
+        kept = components(after, connectivity=2)
+        assert all(np.sum(kept == i) >= 12 for i in range(1, kept.max() + 1))
+        dropped = components(before & ~after, connectivity=2)
+        assert all(np.sum(dropped == i) < 12 for i in range(1, dropped.max() + 1))
+    assert run(["infer", str(data / "images"), str(cleaned), "--bundle_root", str(root), "--min_object_size",
+                "-3"]) == 2
+    assert "--min_object_size '-3': expected a whole number >= 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -302,3 +318,27 @@ def test_an_input_too_large_for_memory_is_refused_before_its_voxels_are_read(tmp
         inputs.check_inputs([{"image": str(image)}])
     monkeypatch.setattr(inputs, "available_memory", lambda: 300 * 200 * (per_pixel + 12))
     assert len(inputs.check_inputs([{"image": str(image)}]).good) == 1
+
+
+def test_small_object_removal_clears_specks_keeps_class_codes_and_full_connectivity():
+    from fanet_monai.outputs import small_object_removal
+
+    plane = torch.zeros(1, 12, 12)
+    plane[0, 1, 1] = 1  # a 1-px speck: removed
+    plane[0, 5:8, 5:8] = 2  # a 9-px class-2 blob: kept with its code
+    plane[0, 8, 8] = 1  # touches the blob only at a corner: 8-connected to it, kept
+    out = small_object_removal(4, spatial_dims=2)({"pred": plane})["pred"]
+    expected = plane.clone()
+    expected[0, 1, 1] = 0
+    assert torch.equal(out, expected)
+    assert small_object_removal(0, spatial_dims=2)({"pred": plane})["pred"] is plane  # 0: off, the identity
+
+    volume = torch.zeros(1, 8, 8, 8)
+    volume[0, 1:4, 1:4, 1:4] = 1  # 27 voxels
+    volume[0, 4, 4, 4] = 1  # corner-touching: 26-connected to the cube
+    volume[0, 6, 0, 6] = 1  # alone: removed
+    out = small_object_removal(5, spatial_dims=3)({"pred": volume})["pred"]
+    assert out.sum() == 28 and out[0, 4, 4, 4] == 1 and out[0, 6, 0, 6] == 0
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="min_object_size must be a whole number"):
+            small_object_removal(bad, spatial_dims=2)

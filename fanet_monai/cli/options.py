@@ -74,6 +74,9 @@ RANGES: dict[str, Range] = {
     "interval": Range("number", 0, low_open=True),
     "backoff": Range("number", 0),
     "image_size": Range("ints", 1),
+    "patch_size": Range("ints", 1),
+    "patches_per_image": Range("int", 1),
+    "min_object_size": Range("int", 0),
 }
 
 
