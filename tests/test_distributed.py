@@ -162,12 +162,14 @@ def _torchrun(run_id: str, config_files: list, overrides: dict, cwd: Path, timeo
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "tests"), env.get("PYTHONPATH")) if p)
     env.setdefault("OMP_NUM_THREADS", "1")
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"torchrun failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+    assert result.returncode == 0, \
+        f"torchrun failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
     return result
 
 
-def _train_two_ranks(root: Path, dataset_dir: Path, **extra) -> dict:
-    """torchrun the training with the probe attached; returns the ranks' records and the run's settings."""
+def _train_two_ranks(root: Path, dataset_dir: Path, layers: tuple = (), **extra) -> dict:
+    """torchrun the training (``train.json`` + ``layers`` such as ``volume.json``) with the probe attached; returns
+    the ranks' records and the run's settings."""
     probe = root / "probe.json"
     probe.write_text(json.dumps({
         "+imports": ["$import distributed_probe"],
@@ -183,7 +185,7 @@ def _train_two_ranks(root: Path, dataset_dir: Path, **extra) -> dict:
     }))
     bundle_root = root / "bundle"
     overrides = {"bundle_root": str(bundle_root), "dataset_dir": str(dataset_dir), **TINY, **extra}
-    _torchrun("training", [TRAIN, MULTI_TRAIN, probe], overrides, cwd=root)
+    _torchrun("training", [TRAIN, *layers, MULTI_TRAIN, probe], overrides, cwd=root)
     ranks = [torch.load(root / "probe" / f"rank{r}.pt", weights_only=False) for r in range(2)]
     return {"root": root, "bundle_root": bundle_root, "dataset_dir": dataset_dir, "ranks": ranks,
             "overrides": overrides}
@@ -324,3 +326,24 @@ def test_patch_mode_two_ranks_share_complete_native_size_caches(tmp_path_factory
     assert masks[0] == masks[1] and len(masks[0]) == 8
     shapes = {rle_decode(RLEMask.from_dict(rle)).shape for rle in masks[0].values()}
     assert shapes == {(1, 72, 40)}  # the bitmap reader's (W, H) frame of the 40x72 images
+
+
+@pytest.mark.slow
+def test_volume_patch_mode_two_ranks_share_complete_volume_caches(tmp_path_factory):
+    """The same in 3-D (``volume.json``): 16³ patches of 20x24x28 volumes, each merged into its volume's mask on
+    the rank that loaded it; both ranks end with the same cache of whole-volume masks."""
+    from fanet_monai.data import make_volume_dataset
+
+    data = make_volume_dataset(tmp_path_factory.mktemp("volume_data"), num_volumes=10, shape=(20, 24, 28),
+                               kind="tubes", seed=2)
+    run = _train_two_ranks(tmp_path_factory.mktemp("ddp_volume"), data, layers=(CONFIGS / "volume.json",),
+                           patch_size=[16, 16, 16], patches_per_image=2, **{"network_def#channels": [4, 8, 8, 8]})
+    ranks = run["ranks"]
+    assert {r["network_type"] for r in ranks} == {"DistributedDataParallel"}
+    masks = [r["cache"]["masks"] for r in ranks]
+    assert masks[0] == masks[1] and len(masks[0]) == 8  # 10 volumes, two held out for validation
+    shapes = {rle_decode(RLEMask.from_dict(rle)).shape for rle in masks[0].values()}
+    assert shapes == {(1, 20, 24, 28)}
+    for epoch in (1, 2):  # the sampler split the volumes between the ranks
+        seen = [set(r["records"][epoch]) for r in ranks]
+        assert not seen[0] & seen[1] and seen[0] | seen[1] == set(masks[0])

@@ -212,11 +212,11 @@ def test_patch_mode_end_to_end_train_resume_evaluate_infer_at_native_size(tmp_pa
         assert all(np.sum(dropped == i) < 12 for i in range(1, dropped.max() + 1))
     assert run(["infer", str(data / "images"), str(cleaned), "--bundle_root", str(root), "--min_object_size",
                 "-3"]) == 2
-    assert "--min_object_size '-3': expected a whole number >= 0" in capsys.readouterr().err
+    assert "--min_object_size -3: expected a whole number >= 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_volumes_train_evaluate_infer_in_patch_mode_with_the_volume_config(tmp_path):
+def test_volumes_train_evaluate_infer_in_patch_mode_with_the_volume_config(tmp_path, capsys):
     """3-D end to end (``train.json``/``evaluate.json``/``inference.json`` + ``volume.json``): patches of 16³, the
     cache in each volume's own frame, masks written on the input's grid."""
     import nibabel as nib
@@ -234,6 +234,19 @@ def test_volumes_train_evaluate_infer_in_patch_mode_with_the_volume_config(tmp_p
     cache = workflow.parser.get_parsed_content("feedback_cache")
     assert len(cache) == 5 and {cache.get(k).shape for k in cache.keys()} == {(1, 20, 24, 28)}
     assert workflow.parser.get_parsed_content("network_def").spatial_dims == 3
+    # resume in 3-D: the cache comes back from the checkpoint (same volumes' masks) and epoch 2 updates it
+    before = {k: cache.get(k).copy() for k in cache.keys()}
+    capsys.readouterr()
+    resumed = run_workflow(bundle_configs("train", "volume"), "training", dataset_dir=str(data), max_epochs=2,
+                           batch_size=2, show_progress=False, resume=True, **tiny)
+    release_claims()
+    console = capsys.readouterr()
+    assert "feedback cache: 5 masks (0 given the start mask)" in console.out + console.err  # restored, not restarted
+    assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
+    state = torch.load(tmp_path / "run" / "models" / "checkpoint_epoch=2.pt", weights_only=True)
+    after = FeedbackMaskCache()
+    after.load_state_dict(state["feedback_cache"])
+    assert set(after.keys()) == set(before) and {after.get(k).shape for k in after.keys()} == {(1, 20, 24, 28)}
     run_workflow(bundle_configs("train", "evaluate", "volume"), "evaluating", dataset_dir=str(data), **tiny)
     with open(tmp_path / "run" / "eval" / "metrics_per_pass.csv") as f:
         assert [r["pass"] for r in csv.DictReader(f)] == ["1", "2", "early_stop"]
