@@ -1,9 +1,9 @@
-"""Data: image files and readers, datalists, checks, dataset layouts, input transforms, augmentation, synthetic
-data and offline expansion."""
+"""Data: image files and readers, datalists, checks (2-D images and volumes), dataset layouts, input transforms,
+augmentation, synthetic data and offline expansion."""
 
 from fanet_monai.data.checks import DataReport, check_datalist, check_items
 from fanet_monai.data.datalist import SPLIT_MODES, folder_datalist, load_datalist, split_items
-from fanet_monai.data.files import IMAGE_SUFFIXES, NIFTI_SUFFIXES, DataCheckError
+from fanet_monai.data.files import IMAGE_SUFFIXES, NIFTI_SUFFIXES, VOLUME_SUFFIXES, DataCheckError
 from fanet_monai.data.images import image_datalist, mask_output_ext
 from fanet_monai.data.layouts import LAYOUTS, prepare
 from fanet_monai.data.readers import BitmapReader
@@ -16,6 +16,14 @@ from fanet_monai.data.synthetic_structures import (
     make_vessel_image,
     make_volume_dataset,
 )
+from fanet_monai.data.volumes import (
+    VolumeReport,
+    check_volume_datalist,
+    check_volume_items,
+    is_volume_folder,
+    load_volume_datalist,
+    volume_folder_datalist,
+)
 
 __all__ = [
     "BitmapReader",
@@ -26,11 +34,17 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "SPLIT_MODES",
     "VOLUME_KINDS",
+    "VOLUME_SUFFIXES",
+    "VolumeReport",
     "check_datalist",
     "check_items",
+    "check_volume_datalist",
+    "check_volume_items",
     "folder_datalist",
     "image_datalist",
+    "is_volume_folder",
     "load_datalist",
+    "load_volume_datalist",
     "make_blob_volume",
     "make_synthetic_dataset",
     "make_thin_structure_dataset",
@@ -41,4 +55,5 @@ __all__ = [
     "mask_output_ext",
     "prepare",
     "split_items",
+    "volume_folder_datalist",
 ]

@@ -75,8 +75,13 @@ def load_datalist(
     split_mode: str = "random",
 ) -> List[dict]:
     """The ``split`` list (``training``/``validation``/``test``) from a datalist JSON or a dataset folder (split
-    by ``val_fraction``, ``seed`` and ``split_mode``, see :func:`split_items`)."""
+    by ``val_fraction``, ``seed`` and ``split_mode``, see :func:`split_items`); a folder of 3-D volumes
+    (``images/`` + ``labels/`` or ``masks/``) is read by :func:`fanet_monai.data.volumes.load_volume_datalist`."""
     path = Path(source)
+    from fanet_monai.data.volumes import is_volume_folder, load_volume_datalist  # volumes.py imports this module
+
+    if path.is_dir() and is_volume_folder(path):
+        return load_volume_datalist(path, split, val_fraction, seed, split_mode)
     if path.is_dir():
         lists = folder_datalist(path, val_fraction, seed, split_mode=split_mode)
         if split not in lists:

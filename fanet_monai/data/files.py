@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from fanet_monai.errors import InputError
 
@@ -17,6 +17,7 @@ __all__ = [
     "DataCheckError",
     "IMAGE_SUFFIXES",
     "NIFTI_SUFFIXES",
+    "VOLUME_SUFFIXES",
     "file_stem",
     "file_suffix",
     "image_files",
@@ -33,6 +34,8 @@ BITMAP_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".t
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 #: every accepted image or mask file
 IMAGE_SUFFIXES: tuple[str, ...] = BITMAP_SUFFIXES + NIFTI_SUFFIXES
+#: 3-D volumes (:mod:`fanet_monai.data.volumes`): NIfTI, NRRD and MetaImage, each in one file
+VOLUME_SUFFIXES: tuple[str, ...] = NIFTI_SUFFIXES + (".nrrd", ".mha")
 
 
 class DataCheckError(InputError):
@@ -68,9 +71,11 @@ def natural_key(text: str) -> Tuple:
     return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text))
 
 
-def image_files(folder: str | os.PathLike, natural: bool = False) -> Dict[str, Path]:
-    """``{stem: path}`` of the image files (:data:`IMAGE_SUFFIXES`) of ``folder``, hidden files skipped, sorted by
-    name (``natural``: by :func:`natural_key`).
+def image_files(
+    folder: str | os.PathLike, natural: bool = False, suffixes: Sequence[str] = IMAGE_SUFFIXES
+) -> Dict[str, Path]:
+    """``{stem: path}`` of the image files (``suffixes``, :data:`IMAGE_SUFFIXES` by default) of ``folder``, hidden
+    files (and macOS ``._*`` files) skipped, sorted by name (``natural``: by :func:`natural_key`).
 
     Raises:
         DataCheckError: two files with the same stem (e.g. ``a.png`` and ``a.jpg``), naming both.
@@ -78,7 +83,7 @@ def image_files(folder: str | os.PathLike, natural: bool = False) -> Dict[str, P
     files: Dict[str, Path] = {}
     paths = sorted(Path(folder).iterdir(), key=(lambda p: natural_key(p.name)) if natural else None)
     for path in paths:
-        if not path.is_file() or path.name.startswith(".") or file_suffix(path) not in IMAGE_SUFFIXES:
+        if not path.is_file() or path.name.startswith(".") or file_suffix(path) not in suffixes:
             continue
         stem = file_stem(path)
         if stem in files:

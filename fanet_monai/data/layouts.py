@@ -20,7 +20,11 @@ em-isbi2012    ``train-volume.tif`` + ``train-labels.tif``, or ``images/NN.png``
 drive          ``training|test/images/*.tif`` + ``1st_manual/*.gif`` + ``mask/*.gif`` (FOV) official 20 / 20 (val = test)
 chase-db1      ``Image_XXL.jpg`` + ``Image_XXL_1stHO.png``                                 20 / 8 first/last (val = test)
 folder         ``images/*`` + ``masks/*`` by stem                                          80 / 10 / 10 %
+msd            Decathlon ``dataset.json`` + ``imagesTr/`` + ``labelsTr/`` (3-D volumes)    val_fraction held out
 ============== ========================================================================= ======================
+
+``msd`` is a volume layout (:mod:`fanet_monai.data.decathlon`): its files are checked by the volume checks, its
+datalist also keeps the task's labels, modality, ``num_classes`` and ``image_channels``.
 
 "val = test": the paper reports no validation set for these; the validation list is the test list (as the
 reference code does for Kvasir-SEG) unless ``val_from_train=N`` holds out N training images instead. "rest": the
@@ -37,12 +41,14 @@ import numpy as np
 from PIL import Image
 
 from fanet_monai.data.checks import DataReport, binarize_mask, check_items, read_array
+from fanet_monai.data.decathlon import VOLUME_LAYOUTS, prepare_msd
 from fanet_monai.data.discovery import child_folder, find_folder_pair, pair_by_stem, read_name_list, walk_dirs
 from fanet_monai.data.expand import expand_offline
 from fanet_monai.data.files import DataCheckError, file_stem, image_files, natural_key, raise_problems
 from fanet_monai.data.readers import normalize_mode
 from fanet_monai.data.splits import PAPER_SPLITS, cut_items, describe_split, hold_out, paper_split
 from fanet_monai.data.staging import StagedFolders, write_png
+from fanet_monai.data.volumes import VolumeReport
 from fanet_monai.io import write_json
 from fanet_monai.presets import preset_value
 
@@ -292,7 +298,7 @@ def prepare(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     quiet: bool = False,
-) -> DataReport:
+) -> DataReport | VolumeReport:
     """Read the dataset ``root`` in its native ``layout`` (one of :data:`LAYOUTS`), check it, and write the MONAI
     datalist ``out_json`` (``training``, ``validation``, ``test`` lists of ``{"image", "label"}``; DRIVE adds
     ``"fov"``) with the paper's split sizes and ``seed``.
@@ -312,14 +318,17 @@ def prepare(
         quiet: do not print the report.
 
     Returns:
-        the :class:`~fanet_monai.data.checks.DataReport` (``report.text()`` is what was printed).
+        the :class:`~fanet_monai.data.checks.DataReport` (``report.text()`` is what was printed); for ``msd``, a
+        :class:`~fanet_monai.data.volumes.VolumeReport` (:func:`fanet_monai.data.decathlon.prepare_msd`).
 
     Raises:
         DataCheckError: naming the file, for every problem of :mod:`fanet_monai.data.checks` and of the layout
             (missing folders, unpaired files); nothing is written then (no ``out_json``, no generated folders).
     """
+    if layout in VOLUME_LAYOUTS:
+        return prepare_msd(root, out_json, seed, split_order, val_from_train, offline_copies, val_fraction, quiet)
     if layout not in _LAYOUT_FUNCTIONS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}.")
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS + VOLUME_LAYOUTS)}.")
     root, out_json = Path(root).expanduser(), Path(out_json).expanduser().absolute()
     if not root.is_dir():
         raise DataCheckError(f"{root}: dataset folder not found.")
