@@ -72,6 +72,14 @@ INHERITED_SETTINGS = (
     "num_passes",
     "refine_tolerance",
     "network_def",
+    "volume_mode",
+    "slice_axis",
+    "orientation",
+    "target_spacing",
+    "modality",
+    "ct_window",
+    "crop_foreground",
+    "crop_margin",
 )
 _CHECKPOINT = re.compile(r"^(checkpoint_epoch=\d+\.pt|model\.pt)$")
 
@@ -267,7 +275,8 @@ class RunOwner:
         """Add ``settings`` (merged) or other entries (``overrides=...``) to ``run.json``; before :meth:`start`
         (the root may not be locked yet) they are kept and written by it."""
         if not self.run or not self.claimed:
-            self._recorded.update(entries)
+            for key, value in entries.items():
+                self._recorded[key] = {**self._recorded.get(key, {}), **value} if key == "settings" else value
             return
         for key, value in entries.items():
             if key == "settings":

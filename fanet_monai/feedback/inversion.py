@@ -90,7 +90,8 @@ class CacheFrameInverse:
         random_first = [type(t).__name__ for t in flat[:end] if hasattr(t, "randomize")]
         if random_first:
             raise ValueError(f"random transforms before FeedbackMaskd would misalign the cached masks: {random_first}.")
-        self.transform = transform
+        # flattened: ``end`` counts the flattened transforms, and a nested Compose would stop elsewhere
+        self.transform = Compose(flat)
         self.cache = cache
         self.mask_key = mask_key
         self.pred_key = pred_key
