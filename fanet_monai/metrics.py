@@ -35,6 +35,7 @@ import torch
 from monai.metrics import Cumulative, compute_confusion_matrix_metric, compute_dice, get_confusion_matrix
 from monai.networks.utils import one_hot
 
+from fanet_monai.surface import SURFACE_METRICS, Spacing, per_class_surface_metrics, surface_metrics
 from fanet_monai.topology import CONNECTIVITY_METRICS, connectivity_metrics
 
 __all__ = [
@@ -50,8 +51,9 @@ __all__ = [
 # Paper Table IX column order: mIoU, F1, Rec, Prec, Spec, Acc, F2.
 PAPER_METRICS: tuple[str, ...] = ("jaccard", "f1", "recall", "precision", "specificity", "accuracy", "f2")
 #: every name :func:`segmentation_metrics` accepts: the paper's, then the connectivity metrics of
-#: :mod:`fanet_monai.topology` (clDice, Betti-0 error, components; computed on the CPU with scikit-image).
-ALL_METRICS: tuple[str, ...] = PAPER_METRICS + CONNECTIVITY_METRICS
+#: :mod:`fanet_monai.topology` (clDice, Betti-0 error, components; computed on the CPU with scikit-image), then the
+#: boundary metrics of :mod:`fanet_monai.surface` (HD95, surface Dice; MONAI's, in ``spacing`` units).
+ALL_METRICS: tuple[str, ...] = PAPER_METRICS + CONNECTIVITY_METRICS + SURFACE_METRICS
 
 # metric name -> MONAI ``compute_confusion_matrix_metric`` name (F2 is computed here, see ``fbeta_from_confusion``)
 _MONAI_NAMES: Dict[str, str] = {
@@ -83,7 +85,11 @@ def fbeta_from_confusion(confusion: torch.Tensor, beta: float) -> torch.Tensor:
 
 
 def segmentation_metrics(
-    pred: torch.Tensor, target: torch.Tensor, metrics: Sequence[str] = PAPER_METRICS
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    metrics: Sequence[str] = PAPER_METRICS,
+    spacing: Spacing = None,
+    tolerance: float = 1.0,
 ) -> Dict[str, torch.Tensor]:
     """Per-image binary segmentation metrics.
 
@@ -92,10 +98,14 @@ def segmentation_metrics(
             maps are all accepted).
         target: ``(B, 1, *spatial)`` ground truth, binarized the same way.
         metrics: names from :data:`ALL_METRICS` to compute (default: the paper's seven, in the paper's order).
+        spacing: voxel size per spatial axis (one list, or one per image) for the boundary metrics (HD95 in these
+            units, the surface Dice's ``tolerance`` too); ``None``: voxels.
+        tolerance: the surface Dice's tolerance.
 
     Returns:
         ``{name: (B,) float32 tensor}`` on ``pred``'s device, one value per image. Zero denominators follow the
-        module's convention: 1.0 if prediction and ground truth are identical on that image, else 0.0.
+        module's convention: 1.0 if prediction and ground truth are identical on that image, else 0.0 (empty
+        masks in the boundary metrics: :mod:`fanet_monai.surface`).
 
     Raises:
         ValueError: on shape mismatch, a channel count other than 1, no spatial dimension, or an unknown name.
@@ -119,8 +129,11 @@ def segmentation_metrics(
     if any(name in CONNECTIVITY_METRICS for name in metrics):
         topology = connectivity_metrics(y_pred, y)
         results.update({name: v.to(pred.device) for name, v in topology.items() if name in metrics})
+    boundary = [name for name in metrics if name in SURFACE_METRICS]
+    if boundary:
+        results.update(surface_metrics(y_pred, y, boundary, spacing, tolerance))
     for name in metrics:
-        if name in CONNECTIVITY_METRICS:
+        if name in CONNECTIVITY_METRICS or name in SURFACE_METRICS:
             continue
         if name == "f2":
             value = fbeta_from_confusion(confusion, beta=2.0)
@@ -130,10 +143,10 @@ def segmentation_metrics(
     return {name: results[name] for name in metrics}
 
 
-def class_dice_names(num_classes: int) -> tuple[str, ...]:
-    """Column names of the per-class Dice of a ``num_classes``-class task: ``dice_class_1 .. dice_class_K``, then
-    ``dice_class_mean`` (the mean over the classes, per image)."""
-    return (*(f"dice_class_{k}" for k in range(1, int(num_classes) + 1)), "dice_class_mean")
+def class_dice_names(num_classes: int, metric: str = "dice") -> tuple[str, ...]:
+    """Column names of a per-class metric of a ``num_classes``-class task: ``dice_class_1 .. dice_class_K``, then
+    ``dice_class_mean`` (the mean over the classes, per image); ``metric="hd95"`` gives ``hd95_class_1 ..``."""
+    return (*(f"{metric}_class_{k}" for k in range(1, int(num_classes) + 1)), f"{metric}_class_mean")
 
 
 def per_class_dice(
@@ -184,7 +197,8 @@ class PassWiseMetrics(Cumulative):
     Binary (``num_classes=1``): predictions and labels are masks, the columns are ``metrics``. K classes
     (``num_classes=K >= 2``): predictions and labels are label maps 0..K; ``metrics`` are computed on the foreground
     of any class (``> 0``), and the columns :func:`class_dice_names` (Dice of each class, then their mean, per
-    image; :func:`per_class_dice` with ``ignore_empty=False``) follow. :attr:`columns` lists them all.
+    image; :func:`per_class_dice` with ``ignore_empty=False``) follow, then the same for each boundary metric among
+    ``metrics`` (``hd95_class_1 ..``). :attr:`columns` lists them all.
 
     Example::
 
@@ -197,9 +211,10 @@ class PassWiseMetrics(Cumulative):
     Args:
         metrics: names from :data:`ALL_METRICS` (default: the paper's seven, in the paper's order).
         num_classes: 1 (binary) or the number K of foreground classes.
+        tolerance: the surface Dice's tolerance in the units of the ``spacing`` given to :meth:`update`.
     """
 
-    def __init__(self, metrics: Sequence[str] = PAPER_METRICS, num_classes: int = 1) -> None:
+    def __init__(self, metrics: Sequence[str] = PAPER_METRICS, num_classes: int = 1, tolerance: float = 1.0) -> None:
         unknown = [m for m in metrics if m not in ALL_METRICS]
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; valid names: {list(ALL_METRICS)}.")
@@ -209,17 +224,24 @@ class PassWiseMetrics(Cumulative):
             raise ValueError(f"num_classes must be an integer >= 1 (1 = binary), got {num_classes!r}.")
         self.metrics: tuple[str, ...] = tuple(metrics)
         self.num_classes = int(num_classes)
-        #: every column :meth:`aggregate` reports: ``metrics``, then (K classes) :func:`class_dice_names`
-        self.columns: tuple[str, ...] = self.metrics + (class_dice_names(num_classes) if num_classes > 1 else ())
+        self.tolerance = float(tolerance)
+        self._boundary = tuple(m for m in self.metrics if m in SURFACE_METRICS)
+        per_class = ("dice", *self._boundary) if num_classes > 1 else ()
+        #: every column :meth:`aggregate` reports: ``metrics``, then (K classes) :func:`class_dice_names` of the
+        #: Dice and of each boundary metric
+        self.columns: tuple[str, ...] = self.metrics + tuple(n for m in per_class for n in class_dice_names(
+            num_classes, m))
         super().__init__()
 
-    def update(self, pass_index: int, pred: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def update(self, pass_index: int, pred: torch.Tensor, target: torch.Tensor,
+               spacing: Spacing = None) -> Dict[str, torch.Tensor]:
         """Add one batch of predictions made at pass ``pass_index``.
 
         Args:
             pass_index: 0-based index of the refinement pass that produced ``pred``.
             pred: ``(B, 1, *spatial)`` prediction (binary: binarized as ``> 0.5``; K classes: label map 0..K).
             target: ``(B, 1, *spatial)`` ground truth (the same).
+            spacing: voxel size per axis (one list, or one per image) for the boundary metrics; ``None``: voxels.
 
         Returns:
             the batch's per-image values ``{name: (B,)}``, one per :attr:`columns`.
@@ -227,14 +249,19 @@ class PassWiseMetrics(Cumulative):
         if int(pass_index) < 0:
             raise ValueError(f"pass_index must be >= 0, got {pass_index}.")
         if self.num_classes == 1:
-            values = segmentation_metrics(pred, target, self.metrics)
+            values = segmentation_metrics(pred, target, self.metrics, spacing, self.tolerance)
         else:
             target = target.to(pred.device)
-            values = segmentation_metrics((pred > 0).float(), (target > 0).float(), self.metrics)
-            dice = per_class_dice(pred, target, self.num_classes)  # (B, K)
-            names = class_dice_names(self.num_classes)
-            values.update({name: dice[:, k] for k, name in enumerate(names[:-1])})
-            values[names[-1]] = dice.mean(dim=1)
+            values = segmentation_metrics((pred > 0).float(), (target > 0).float(), self.metrics, spacing,
+                                          self.tolerance)
+            per_class = {"dice": per_class_dice(pred, target, self.num_classes)}  # (B, K) each
+            if self._boundary:
+                per_class.update(per_class_surface_metrics(pred, target, self.num_classes, self._boundary, spacing,
+                                                           self.tolerance))
+            for metric, table in per_class.items():
+                names = class_dice_names(self.num_classes, metric)
+                values.update({name: table[:, k].to(pred.device) for k, name in enumerate(names[:-1])})
+                values[names[-1]] = table.mean(dim=1).to(pred.device)
         stacked = torch.stack([values[m] for m in self.columns], dim=1).detach().cpu()  # (B, n_columns)
         passes = torch.full((stacked.shape[0],), int(pass_index), dtype=torch.long)
         self.extend(passes, stacked)

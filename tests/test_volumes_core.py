@@ -309,7 +309,8 @@ def test_paper_metrics_on_volumes_by_hand():
         assert values[name].tolist() == pytest.approx([value, 1.0]), name
     empty = segmentation_metrics(torch.zeros(1, 1, 3, 4, 5), torch.zeros(1, 1, 3, 4, 5), ALL_METRICS)
     assert {k: v.item() for k, v in empty.items()} == {**dict.fromkeys(PAPER_METRICS + ("cldice",), 1.0),
-                                                      "betti0_error": 0.0, "components": 0.0}
+                                                      "betti0_error": 0.0, "components": 0.0, "hd95": 0.0,
+                                                      "surface_dice": 1.0}
 
 
 def line_and_broken_line() -> tuple[np.ndarray, np.ndarray]:

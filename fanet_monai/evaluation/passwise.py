@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 from monai.engines import IterationEvents
 from monai.inferers import Inferer
 from monai.metrics import Cumulative
@@ -100,6 +102,17 @@ class PassWiseInferer(IterativeRefinementInferer):
         return passes.movedim(0, 1).flatten(1, 2)
 
 
+def voxel_sizes(label: torch.Tensor) -> list[list[float]] | None:
+    """The voxel size of every image of a batch ``(B, 1, *spatial)`` from its affine (MONAI's
+    :func:`~monai.data.utils.affine_to_spacing`); ``None`` for a plain tensor (distances in voxels)."""
+    affine = getattr(label, "affine", None)
+    if not isinstance(label, MetaTensor) or affine is None:
+        return None
+    spatial_dims = label.ndim - 2
+    affines = affine if affine.ndim == 3 else affine[None].expand(label.shape[0], -1, -1)
+    return [affine_to_spacing(a, r=spatial_dims).tolist() for a in affines]
+
+
 class PassWiseEvaluationHandler:
     """Ignite handler scoring every refinement pass of a :class:`PassWiseInferer` with the paper's metrics.
 
@@ -132,7 +145,10 @@ class PassWiseEvaluationHandler:
         output_dir: folder of the CSV and figures; ``None`` writes nothing.
         num_qualitative: number of images in ``qualitative.png`` (0 = no figure).
         qualitative_passes: passes shown in ``qualitative.png`` (those ``<= num_passes``; the last pass is added).
-        metrics: names from :data:`~fanet_monai.metrics.PAPER_METRICS`.
+        metrics: names from :data:`~fanet_monai.metrics.ALL_METRICS` (default the paper's seven). The boundary
+            metrics (``hd95``, ``surface_dice``) are computed in the units of each label's voxel size (its affine:
+            millimetres for volumes, pixels for bitmaps).
+        surface_tolerance: the surface Dice's tolerance in the same units.
         plots: write the PNG figures (needs matplotlib; skipped with a warning if it is missing).
         name: logger name.
         num_classes: 1 (binary) or the number K of classes; ``None`` (default): from the predictions' channel count
@@ -149,6 +165,7 @@ class PassWiseEvaluationHandler:
         plots: bool = True,
         name: str = "PassWiseEvaluationHandler",
         num_classes: int | None = None,
+        surface_tolerance: float = 1.0,
     ) -> None:
         if num_qualitative < 0:
             raise ValueError(f"num_qualitative must be >= 0, got {num_qualitative}.")
@@ -159,6 +176,7 @@ class PassWiseEvaluationHandler:
         self.num_qualitative = int(num_qualitative)
         self.qualitative_passes = tuple(int(k) for k in qualitative_passes)
         self.metrics = tuple(metrics)
+        self.surface_tolerance = float(surface_tolerance)
         self.plots = plots
         self.logger = logging.getLogger(name)
         #: result of the last epoch: one dict per pass, then the early-stop row (see the class docstring).
@@ -186,8 +204,8 @@ class PassWiseEvaluationHandler:
 
     def _metrics_for(self, num_classes: int) -> None:
         """New (empty) per-pass and early-stop accumulators for a ``num_classes``-class task."""
-        self._passes = PassWiseMetrics(self.metrics, num_classes)
-        self._early = PassWiseMetrics(self.metrics, num_classes)
+        self._passes = PassWiseMetrics(self.metrics, num_classes, self.surface_tolerance)
+        self._early = PassWiseMetrics(self.metrics, num_classes, self.surface_tolerance)
 
     def _predictions(self, passes: torch.Tensor, inferer: PassWiseInferer) -> torch.Tensor:
         """Discrete predictions ``(P, B, 1, *spatial)`` of the stacked logits ``(B, P * C, *spatial)``; sets the
@@ -230,13 +248,14 @@ class PassWiseEvaluationHandler:
             torch.cuda.synchronize(passes.device)
         self._seconds += time.perf_counter() - self._iteration_start
         binary = self._predictions(passes, inferer)  # (P, B, 1, *spatial): 0/1 masks, or label maps 0..K
+        spacing = voxel_sizes(label)
         label = convert_to_tensor(label, track_meta=False)
         self._num_passes = binary.shape[0]
         for k in range(binary.shape[0]):
-            self._passes.update(k, binary[k], label)
+            self._passes.update(k, binary[k], label, spacing)
         used = early_stop_passes(binary, inferer.tolerance)  # (B,)
         final = binary[used - 1, torch.arange(binary.shape[1], device=binary.device)]  # (B, 1, *spatial)
-        self._early.update(0, final, label)
+        self._early.update(0, final, label, spacing)
         self._used.extend(used.cpu())
         if len(self._examples) < self.num_qualitative:
             self._collect_examples(inferer, output[CommonKeys.IMAGE], label, binary)

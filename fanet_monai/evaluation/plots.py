@@ -16,7 +16,7 @@ import torch
 from monai.metrics import compute_dice
 from monai.utils import optional_import
 
-from fanet_monai.evaluation.reports import CONNECTIVITY_LABELS, METRIC_LABELS
+from fanet_monai.evaluation.reports import BOUNDARY_LABELS, CONNECTIVITY_LABELS, METRIC_LABELS
 from fanet_monai.metrics import PAPER_METRICS
 
 __all__ = ["has_matplotlib", "plot_metrics_per_pass", "plot_qualitative"]
@@ -40,8 +40,8 @@ def plot_metrics_per_pass(
     Args:
         rows: rows of :class:`PassWiseEvaluationHandler` (pass rows, optionally an ``early_stop`` row).
         path: PNG file to write.
-        metrics: metric names to draw (multi-class: with the per-class Dice columns); the counts (Betti-0 error,
-            components) are left out of this 0-1 plot (they are in the CSV).
+        metrics: metric names to draw (multi-class: with the per-class Dice and surface Dice columns); the counts
+            (Betti-0 error, components) and distances (HD95) are left out of this 0-1 plot (they are in the CSV).
 
     Returns:
         ``path``.
@@ -51,9 +51,10 @@ def plot_metrics_per_pass(
     fig = _figure(7.0, 4.5)
     ax = fig.add_subplot()
     x = [int(r["pass"]) for r in pass_rows]
-    labels = {**METRIC_LABELS, "cldice": CONNECTIVITY_LABELS["cldice"]}
-    # multi-class: the Dice of each class and their mean (:func:`~fanet_monai.metrics.class_dice_names`)
-    labels.update({m: "Dice " + m.removeprefix("dice_class_") for m in metrics if m.startswith("dice_class_")})
+    labels = {**METRIC_LABELS, "cldice": CONNECTIVITY_LABELS["cldice"], "surface_dice": BOUNDARY_LABELS["surface_dice"]}
+    # multi-class: the (surface) Dice of each class and their mean (:func:`~fanet_monai.metrics.class_dice_names`)
+    for prefix, name in (("dice_class_", "Dice "), ("surface_dice_class_", "Surface Dice ")):
+        labels.update({m: name + m.removeprefix(prefix) for m in metrics if m.startswith(prefix)})
     for name in (m for m in metrics if m in labels):
         (line,) = ax.plot(x, [r[name] for r in pass_rows], marker="o", markersize=3, label=labels[name])
         if early and math.isfinite(early[0]["mean_passes"]):
@@ -80,21 +81,49 @@ def _display(array: torch.Tensor) -> Any:
     return array[:3].permute(2, 1, 0).clamp(0, 1).float().numpy()
 
 
+#: the planes of :func:`orthogonal_slices`: the axis a slice is taken across (MONAI's (x, y, z) after RAS orientation)
+PLANES: tuple[tuple[str, int], ...] = (("sagittal", 0), ("coronal", 1), ("axial", 2))
+
+
+def orthogonal_slices(example: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """A 3-D example (``image`` ``(C, X, Y, Z)``, ``label``/``start`` ``(X, Y, Z)``, ``passes`` ``(P, X, Y, Z)``)
+    as three 2-D examples: the sagittal, coronal and axial slices through the ground truth's centre of mass (the
+    volume's centre when the label is empty), each with its ``plane`` name. A 2-D example is returned as it is."""
+    label = example["label"]
+    if label.ndim == 2:
+        return [dict(example)]
+    found = torch.nonzero(label)
+    centre = found.float().mean(0).round().long() if len(found) else torch.tensor(label.shape) // 2
+    slices = []
+    for plane, axis in PLANES:
+        index = int(centre[axis])
+        slices.append({
+            "plane": f"{plane} {index}",
+            "image": example["image"].select(axis + 1, index),
+            "label": label.select(axis, index),
+            "start": example["start"].select(axis, index),
+            "passes": example["passes"].select(axis + 1, index),
+        })
+    return slices
+
+
 def plot_qualitative(
     examples: Sequence[Mapping[str, torch.Tensor]], passes: Sequence[int], path: str | os.PathLike
 ) -> Path:
-    """Image, ground truth, start mask and the masks of some passes for a few images (paper Figs. 1 and 3).
+    """Image, ground truth, start mask and the masks of some passes for a few images (paper Figs. 1 and 3); a
+    volume takes three rows, its sagittal, coronal and axial slices through the ground truth
+    (:func:`orthogonal_slices`).
 
     Args:
-        examples: dicts with ``image`` ``(C, H, W)`` in ``[0, 1]``, ``label`` and ``start`` ``(H, W)`` boolean,
-            ``passes`` ``(num_passes, H, W)`` boolean (2-D images only; 3-D volumes are skipped).
+        examples: dicts with ``image`` ``(C, *spatial)`` in ``[0, 1]``, ``label`` and ``start`` ``(*spatial)``
+            boolean, ``passes`` ``(num_passes, *spatial)`` boolean; 2 or 3 spatial dimensions.
         passes: 1-based passes to show.
         path: PNG file to write.
 
     Returns:
-        ``path``.
+        ``path``. The F1 under each pass is that of the slice shown.
     """
-    examples = [e for e in examples if e["label"].ndim == 2]
+    examples = [row for e in examples for row in orthogonal_slices(e)]
     columns = ["Image", "Ground truth", "Otsu start", *[f"Pass {k}" for k in passes]]
     fig = _figure(1.8 * len(columns), 1.9 * max(len(examples), 1))
     axes = fig.subplots(max(len(examples), 1), len(columns), squeeze=False)
@@ -114,6 +143,8 @@ def plot_qualitative(
                 ax.set_title(columns[j], fontsize=9)
             if note:
                 ax.set_xlabel(note, fontsize=8)
+        if "plane" in example:
+            axes[i, 0].set_ylabel(example["plane"], fontsize=8)
     for ax in axes.flat[len(examples) * len(columns) :]:
         ax.axis("off")
     fig.savefig(path, dpi=100)

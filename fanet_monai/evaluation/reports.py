@@ -12,8 +12,8 @@ from typing import Any
 from fanet_monai.io import atomic_write
 from fanet_monai.metrics import PAPER_METRICS
 
-__all__ = ["CONNECTIVITY_LABELS", "METRIC_LABELS", "TABLE_IX_COLUMNS", "format_value", "markdown_metrics", "markdown_table", "rate",
-           "write_metrics_csv"]
+__all__ = ["BOUNDARY_LABELS", "CONNECTIVITY_LABELS", "METRIC_LABELS", "TABLE_IX_COLUMNS", "format_value",
+           "markdown_metrics", "markdown_table", "rate", "write_metrics_csv"]
 
 #: Display names of :data:`~fanet_monai.metrics.PAPER_METRICS` (paper Table IX headers).
 METRIC_LABELS: dict[str, str] = {
@@ -27,6 +27,8 @@ METRIC_LABELS: dict[str, str] = {
 }
 #: Display names of the connectivity metrics (:mod:`fanet_monai.topology`).
 CONNECTIVITY_LABELS: dict[str, str] = {"cldice": "clDice", "betti0_error": "Betti-0 err", "components": "Components"}
+#: Display names of the boundary metrics (:mod:`fanet_monai.surface`).
+BOUNDARY_LABELS: dict[str, str] = {"hd95": "HD95", "surface_dice": "Surface Dice"}
 
 #: Columns of the ablation table (paper Table IX).
 TABLE_IX_COLUMNS: tuple[str, ...] = ("Method", *METRIC_LABELS.values(), "Param", "GMac", "FPS")
@@ -61,7 +63,7 @@ def write_metrics_csv(
 
 def markdown_metrics(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = PAPER_METRICS) -> str:
     """The per-pass rows as a markdown table (pass, metrics, mean passes)."""
-    labels = {**METRIC_LABELS, **CONNECTIVITY_LABELS}
+    labels = {**METRIC_LABELS, **CONNECTIVITY_LABELS, **BOUNDARY_LABELS}
     header = ["Pass", *[labels.get(m, m) for m in metrics], "Passes used"]
     body = [[str(r["pass"]), *[format_value(r[m]) for m in metrics], format_value(r["mean_passes"], 2)] for r in rows]
     return markdown_table(header, body)
