@@ -21,6 +21,8 @@ from monai.losses import DiceCELoss
 from monai.transforms import (Activationsd, AsDiscreted, Identityd, MapTransform, RemoveSmallObjectsd,
                               ScaleIntensityRanged)
 
+from fanet_monai.data.files import BITMAP_SUFFIXES
+
 __all__ = ["activation", "discretization", "mask_values", "mean_dice", "output_channels", "segmentation_loss",
            "small_object_removal"]
 
@@ -85,10 +87,11 @@ def small_object_removal(min_size: int, spatial_dims: int, keys: str = "pred") -
     return QuietRemoveSmallObjectsd(keys, min_size=min_size, connectivity=spatial_dims + 1, independent_channels=False)
 
 
-def mask_values(num_classes: int, keys: str = "pred") -> Callable:
-    """What a saved mask holds: 0/255 for a binary mask (a viewable bitmap), the label codes as they are for
-    multi-class."""
-    if _check(num_classes) == 1:
+def mask_values(num_classes: int, keys: str = "pred", output_ext: str = ".png") -> Callable:
+    """What a saved mask holds: 0/255 for a binary mask saved as a bitmap (viewable), the label codes as they are
+    otherwise (multi-class, and binary volumes: 0/1 in a NIfTI/NRRD/MetaImage label, as declared)."""
+    bitmap = str(output_ext).lower() in BITMAP_SUFFIXES
+    if _check(num_classes) == 1 and bitmap:
         return ScaleIntensityRanged(keys, a_min=0.0, a_max=1.0, b_min=0.0, b_max=255.0)
     return Identityd(keys)
 

@@ -202,9 +202,9 @@ def test_inference_bundle_writes_nifti_masks_with_the_input_affine(tmp_path):
         saved = nib.load(out / f"case_{i}.nii.gz")
         mask = np.asarray(saved.dataobj)
         assert mask.shape == (40, 56) and mask.dtype == np.uint8
-        assert set(np.unique(mask)) == {0, 255}
+        assert set(np.unique(mask)) == {0, 1}  # a label map holds class codes (bitmaps get 0/255 to be viewable)
         np.testing.assert_allclose(saved.affine, affine, atol=1e-6)
-        assert mask[12:26, 15:36].min() == 255  # the bright block, in place
+        assert mask[12:26, 15:36].min() == 1  # the bright block, in place
 
 
 def test_ablation_table_has_the_four_rows(tmp_path, dataset_dir, capsys):

@@ -340,11 +340,15 @@ def test_multiclass_volumes_through_the_bundle_with_one_setting(tmp_path):
     assert workflow.parser.get_parsed_content("out_channels") == 3
     cache = workflow.parser.get_parsed_content("feedback_cache")
     assert {cache.get(k).shape for k in cache.keys()} == {(1, 20, 20, 24)}  # one mask channel
-    run_workflow(bundle_configs("train", "evaluate", "volume"), "evaluating", dataset_dir=str(data), **tiny)
+    run_workflow(bundle_configs("train", "evaluate", "volume"), "evaluating", dataset_dir=str(data),
+                 num_qualitative=1, **tiny)
     with open(tmp_path / "run" / "eval" / "metrics_per_pass.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["pass"] for r in rows] == ["1", "2", "early_stop"]
-    assert {"dice_class_1", "dice_class_2", "dice_class_mean"} <= set(rows[0])
+    assert {"dice_class_1", "dice_class_2", "dice_class_mean", "hd95_class_1", "hd95_class_2",
+            "surface_dice_class_mean", "cldice", "betti0_error"} <= set(rows[0])
+    assert all(float(r["hd95_class_mean"]) >= 0 and 0 <= float(r["surface_dice_class_mean"]) <= 1 for r in rows)
+    assert (tmp_path / "run" / "eval" / "qualitative.png").stat().st_size > 1000  # three orthogonal slices
     out = tmp_path / "masks"
     run_workflow(bundle_configs("inference", "volume"), "run", dataset_dir=str(data / "images"),
                  output_dir=str(out), **tiny)

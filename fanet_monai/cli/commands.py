@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fanet_monai.cli.configs import bundle_command, config_files
+from fanet_monai.cli.configs import bundle_command, config_files, data_layers
 from fanet_monai.cli.logs import log_to_console
 from fanet_monai.cli.settings import NOT_STORED, resume_overrides, with_run_settings
 from fanet_monai.errors import EXIT_PARTIAL, InputError
@@ -32,7 +32,7 @@ class FanetCLI:
 
         prepare(layout, root, out_json, seed=seed, **options)
 
-    @bundle_command("train")
+    @bundle_command("train", "volume")
     def train(self, dataset_dir: str, bundle_root: str = ".", bundle_dir: str | None = None, **overrides: Any):
         """Train on ``dataset_dir`` (``images/`` + ``masks/`` folder, or a datalist JSON) into ``bundle_root``.
 
@@ -42,14 +42,15 @@ class FanetCLI:
         Returns the per-epoch Dice of the fed and of the stored feedback masks."""
         from fanet_monai.bundle import load_workflow
 
-        names = ("train",)
+        names = ("train", *_layers("train", dataset_dir, bundle_root if overrides.get("resume") else None))
         if overrides.get("resume"):
             overrides = resume_overrides(bundle_root, overrides)
         workflow = load_workflow(config_files(names, bundle_dir), "training", dataset_dir=dataset_dir,
                                  bundle_root=bundle_root, **overrides)
         owner = workflow.parser.get_parsed_content("run_owner")
         owner.record(
-            settings={"network_def": workflow.parser.get("network_def"), "dataset_dir": str(dataset_dir)},
+            settings={"network_def": workflow.parser.get("network_def"), "dataset_dir": str(dataset_dir),
+                      "config_layers": list(names[1:])},
             overrides={k: v for k, v in {"dataset_dir": dataset_dir, **overrides}.items() if k not in NOT_STORED},
         )
         try:
@@ -71,7 +72,7 @@ class FanetCLI:
             "stored_mask_dice_per_epoch": [round(v, 4) for v in handler.stored_history],
         }
 
-    @bundle_command("train", "evaluate")
+    @bundle_command("train", "evaluate", "volume")
     def evaluate(self, dataset_dir: str, bundle_root: str = ".", bundle_dir: str | None = None, **overrides: Any):
         """Refine the validation images pass by pass with ``bundle_root/models/model.pt``; metrics per pass.
 
@@ -80,12 +81,12 @@ class FanetCLI:
         ``qualitative.png`` to ``bundle_root/eval``."""
         from fanet_monai.bundle import run_workflow
 
-        names = ("train", "evaluate")
+        names = ("train", "evaluate", *_layers("evaluate", dataset_dir, bundle_root))
         overrides = with_run_settings("evaluate", bundle_root, names, overrides, bundle_dir)
         run_workflow(config_files(names, bundle_dir), "evaluating", dataset_dir=dataset_dir,
                      bundle_root=bundle_root, **overrides)
 
-    @bundle_command("inference")
+    @bundle_command("inference", "volume")
     def infer(self, dataset_dir: str, output_dir: str, bundle_root: str = ".", skip_bad: bool = False,
               bundle_dir: str | None = None, **overrides: Any):
         """Write a binary mask for every image of ``dataset_dir`` into ``output_dir``, same size as the input.
@@ -97,7 +98,7 @@ class FanetCLI:
         (an existing, rough label) instead of Otsu's threshold. Exit code 3 when images were skipped."""
         from fanet_monai.bundle import run_workflow
 
-        names = ("inference",)
+        names = ("inference", *_layers("infer", dataset_dir, bundle_root))
         overrides = with_run_settings("infer", bundle_root, names, overrides, bundle_dir)
         before = set(Path(output_dir).iterdir()) if Path(output_dir).is_dir() else set()
         try:
@@ -252,6 +253,22 @@ class FanetCLI:
         print(f"\ndemo finished in {time.time() - start:.0f} s; checkpoints in {Path(out_dir) / 'models'}, "
               f"metrics and figures in {Path(out_dir) / 'eval'}")
         return None
+
+
+def _layers(command: str, dataset: str | None, bundle_root: str | None) -> tuple[str, ...]:
+    """The data layers (``volume.json``) of a command: the run's (``bundle_root``), else detected in ``dataset``;
+    says so when it is the volume layer."""
+    from fanet_monai.run import find_run_root, read_run
+
+    root = find_run_root(bundle_root) if bundle_root is not None else None
+    settings = (read_run(root) or {}).get("settings", {}) if root is not None else {}
+    layers = data_layers(dataset, settings)
+    if "volume" in layers:
+        why = f"the run in {root} was trained on volumes" if "config_layers" in settings else f"{dataset} holds " \
+            "3-D volumes"
+        print(f"fanet {command}: {why}: the 3-D FANet in patch mode with volume preprocessing "
+              "(bundle/configs/volume.json over the command's configs; its ids are options too)")
+    return layers
 
 
 def _chain(error: BaseException) -> list[BaseException]:

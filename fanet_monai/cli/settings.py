@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from fanet_monai.cli.configs import config_ids, raw_config
+from fanet_monai.cli.configs import DATA_LAYERS, config_ids, raw_config
 from fanet_monai.errors import InputError
 from fanet_monai.run import find_run_root, read_run, stored_settings
 
@@ -33,12 +33,13 @@ def with_run_settings(command: str, bundle_root: str | os.PathLike | None, names
 
     A setting that a config layered on ``names[0]`` sets itself is that command's own choice and is not taken
     from the run: ``evaluate.json``'s ``num_passes`` (10, to show every pass) is evaluation's, while ``infer``
-    refines for as many passes as the run was validated with."""
+    refines for as many passes as the run was validated with. A data layer (``volume.json``) is not a command's
+    own choice: the run's settings (e.g. its patch size) win over the layer's defaults."""
     root = find_run_root(bundle_root) if bundle_root is not None else None
     if root is None:
         return dict(overrides)
     ids = config_ids(names, bundle_dir)
-    own = set().union(*(raw_config((name,), bundle_dir) for name in names[1:])) if len(names) > 1 else set()
+    own = set().union(*(raw_config((name,), bundle_dir) for name in names[1:] if name not in DATA_LAYERS))
     stored = {k: v for k, v in stored_settings(root).items() if k in ids and k not in own}
     taken = {k: v for k, v in stored.items() if k not in overrides}
     if taken:

@@ -39,19 +39,20 @@ def image_datalist(source: str | os.PathLike, key: str = "test", images: str = "
 
 
 def mask_output_ext(items: Sequence[Mapping[str, str] | str], key: str = "image") -> str:
-    """File suffix of the predicted masks: ``".nii.gz"`` for NIfTI inputs, ``".png"`` for 2-D bitmaps.
+    """File suffix of the predicted masks: the inputs' own volume format (``".nii.gz"`` for NIfTI, ``".nrrd"``,
+    ``".mha"``), ``".png"`` for 2-D bitmaps.
 
     Args:
         items: datalist entries (``{key: path}``) or paths.
         key: the image key of dict entries.
 
     Raises:
-        ValueError: the list mixes NIfTI and bitmap images (override the bundle's ``output_ext`` then).
+        ValueError: the list mixes formats (override the bundle's ``output_ext`` then).
     """
     names = [str(item[key] if isinstance(item, Mapping) else item).lower() for item in items]
-    nifti = [name.endswith(NIFTI_SUFFIXES) for name in names]
-    if all(nifti) and nifti:
-        return ".nii.gz"
-    if not any(nifti):
-        return ".png"
-    raise ValueError("the images mix NIfTI and bitmap files; set the output format explicitly (output_ext).")
+    formats = {".nii.gz" if name.endswith(NIFTI_SUFFIXES) else next(
+        (s for s in (".nrrd", ".mha") if name.endswith(s)), ".png") for name in names}
+    if len(formats) > 1:
+        raise ValueError(f"the images mix formats ({', '.join(sorted(formats))}); set the output format explicitly "
+                         "(output_ext).")
+    return formats.pop() if formats else ".png"

@@ -33,9 +33,11 @@ from fanet_monai.data.checks import DataReport
 
 __all__ = [
     "INPUT_MODES",
+    "VOLUME_MODES",
     "RandPatchesd",
     "WindowInferer",
     "check_input_mode",
+    "check_volume_mode",
     "label_resize_mode",
     "evaluation_batch_size",
     "network_input_size",
@@ -54,6 +56,18 @@ def check_input_mode(mode: str) -> str:
     """``mode`` if it is one of :data:`INPUT_MODES`, else a ``ValueError`` naming the setting."""
     if mode not in INPUT_MODES:
         raise ValueError(f"input_mode must be one of {list(INPUT_MODES)}, got {mode!r}.")
+    return mode
+
+
+#: how a volume is run (``volume.json``'s ``volume_mode``): ``"3d"`` (the 3-D network on patches) or ``"slice"``
+#: (a 2-D network over the slices of the same patches, :mod:`fanet_monai.networks.slicewise`)
+VOLUME_MODES: tuple[str, ...] = ("3d", "slice")
+
+
+def check_volume_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`VOLUME_MODES`, else a ``ValueError`` naming the setting."""
+    if mode not in VOLUME_MODES:
+        raise ValueError(f"volume_mode must be one of {list(VOLUME_MODES)}, got {mode!r}.")
     return mode
 
 
@@ -139,11 +153,14 @@ class WindowInferer(SlidingWindowInferer):
 
 def note_small_images(report: DataReport, mode: str, patch_size: Sequence[int]) -> list[str]:
     """In ``"patch"`` mode, say once (a log line, and the returned notes) how many images of the checked data
-    (``report`` of :func:`~fanet_monai.data.checks.check_datalist`) are smaller than a patch in some dimension:
+    (``report`` of :func:`~fanet_monai.data.checks.check_datalist` or of
+    :func:`~fanet_monai.data.volumes.check_volume_datalist`) are smaller than a patch in some dimension:
     they are zero-padded to the patch (:func:`patch_sampling`)."""
     if check_input_mode(mode) == "resize":
         return []
-    images = {info.image: info.size for items in report.splits.values() for info in items}
+    # 2-D reports give each image's (H, W) ``size``, volume reports its stored ``shape`` (before any resampling)
+    images = {info.image: getattr(info, "size", None) or info.shape for items in report.splits.values()
+              for info in items}
     small = {path: size for path, size in images.items() if any(s < p for s, p in zip(size, patch_size))}
     if not small:
         return []

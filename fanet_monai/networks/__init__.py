@@ -11,10 +11,12 @@ from fanet_monai.networks.blocks import (
 from fanet_monai.networks.fanet import FANET_VARIANTS, FANet, mixpool_stage_names
 from fanet_monai.networks.fusion import fuse_conv_bn, load_for_inference
 from fanet_monai.networks.image_only import ImageOnlyNetwork
+from fanet_monai.networks.slicewise import VOLUME_MODES, network_spatial_dims, slice_axis_of, slice_wise
 
 __all__ = [
     "FANET_VARIANTS",
     "SPATIAL_DIMS",
+    "VOLUME_MODES",
     "BiasFreeChannelSELayer",
     "FANet",
     "ImageOnlyNetwork",
@@ -25,4 +27,7 @@ __all__ = [
     "load_for_inference",
     "max_pool_to",
     "mixpool_stage_names",
+    "network_spatial_dims",
+    "slice_axis_of",
+    "slice_wise",
 ]

@@ -15,6 +15,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Pool
 
 from fanet_monai.networks.blocks import MixPool, SEResidualBlock, check_spatial_dims
+from fanet_monai.networks.slicewise import check_slice_axis, slice_wise
 
 __all__ = ["FANet", "FANET_VARIANTS", "mixpool_stage_names"]
 
@@ -95,6 +96,9 @@ class FANet(nn.Module):
         se_hidden_channels: width of the SE squeeze layers; ``None`` = 1 unit, as in the reference.
         act: activation type and arguments (MONAI layer factory syntax).
         norm: normalization type and arguments.
+        slice_axis: with ``spatial_dims=2``, take volumes ``(B, in_channels + 1, X, Y, Z)`` and run the 2-D network
+            on each slice across this spatial axis (0, 1 or 2; :mod:`fanet_monai.networks.slicewise`, the
+            ``slice`` volume mode); ``None`` (default): inputs have ``spatial_dims`` spatial dimensions.
 
     Input ``(B, in_channels + 1, *spatial)`` of any spatial size: the network pads each spatial dimension to a
     multiple of ``2 ** len(channels)`` (replicate padding, split evenly on both sides) and crops the output back.
@@ -115,9 +119,11 @@ class FANet(nn.Module):
         se_hidden_channels: int | None = None,
         act: tuple | str = ("relu", {"inplace": True}),
         norm: tuple | str = "batch",
+        slice_axis: int | None = None,
     ) -> None:
         super().__init__()
         spatial_dims = check_spatial_dims(spatial_dims)
+        self.slice_axis = check_slice_axis(slice_axis, spatial_dims)
         if variant not in FANET_VARIANTS:
             raise ValueError(f"variant must be one of {sorted(FANET_VARIANTS)}, got {variant!r}.")
         if blocks_per_stage < 1:
@@ -213,11 +219,16 @@ class FANet(nn.Module):
         """
         Args:
             x: ``(B, in_channels + 1, *spatial)``: image channels, then the feedback mask (binary, or a probability
-                map).
+                map); volumes ``(B, in_channels + 1, X, Y, Z)`` with ``slice_axis``.
 
         Returns:
             ``(B, out_channels, *spatial)`` logits.
         """
+        if self.slice_axis is not None:
+            return slice_wise(self._forward, x, self.slice_axis)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.in_channels + 1:
             raise ValueError(
                 f"FANet expects {self.in_channels} image channels + 1 feedback-mask channel = "
