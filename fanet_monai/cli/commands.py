@@ -7,12 +7,13 @@ option checks, the log file and exit codes come from :mod:`fanet_monai.cli.main`
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from fanet_monai.cli.configs import bundle_command, config_files, data_layers
+from fanet_monai.cli.configs import bundle_command, config_files, config_ids, data_layers
 from fanet_monai.cli.logs import log_to_console
 from fanet_monai.cli.settings import NOT_STORED, resume_overrides, with_run_settings
 from fanet_monai.errors import EXIT_PARTIAL, InputError
@@ -45,12 +46,14 @@ class FanetCLI:
         names = ("train", *_layers("train", dataset_dir, bundle_root if overrides.get("resume") else None))
         if overrides.get("resume"):
             overrides = resume_overrides(bundle_root, overrides)
+        declared = _declared(dataset_dir, overrides, names)
+        overrides = {**{k: v for k, v in declared.items() if k != "label_names"}, **overrides}
         workflow = load_workflow(config_files(names, bundle_dir), "training", dataset_dir=dataset_dir,
                                  bundle_root=bundle_root, **overrides)
         owner = workflow.parser.get_parsed_content("run_owner")
         owner.record(
             settings={"network_def": workflow.parser.get("network_def"), "dataset_dir": str(dataset_dir),
-                      "config_layers": list(names[1:])},
+                      "config_layers": list(names[1:]), "label_names": declared.get("label_names", {})},
             overrides={k: v for k, v in {"dataset_dir": dataset_dir, **overrides}.items() if k not in NOT_STORED},
         )
         try:
@@ -269,6 +272,19 @@ def _layers(command: str, dataset: str | None, bundle_root: str | None) -> tuple
         print(f"fanet {command}: {why}: the 3-D FANet in patch mode with volume preprocessing "
               "(bundle/configs/volume.json over the command's configs; its ids are options too)")
     return layers
+
+
+def _declared(dataset: str, overrides: dict, names: tuple[str, ...]) -> dict:
+    """What the datalist declares (:func:`fanet_monai.data.decathlon.declared_settings`: classes, channels, label
+    names, modality), for the ids the command's configs have, said once; given options win."""
+    from fanet_monai.data.decathlon import declared_settings
+
+    ids = config_ids(names)
+    declared = {k: v for k, v in declared_settings(dataset).items() if k in ids or k == "label_names"}
+    shown = {k: v for k, v in declared.items() if k not in overrides}
+    if shown:
+        print(f"fanet train: {dataset} declares " + ", ".join(f"{k}={json.dumps(v)}" for k, v in shown.items()))
+    return declared
 
 
 def _chain(error: BaseException) -> list[BaseException]:

@@ -25,7 +25,7 @@ from fanet_monai.data.volumes import VolumeReport, check_volume_items
 from fanet_monai.errors import InputError
 from fanet_monai.io import write_json
 
-__all__ = ["VOLUME_LAYOUTS", "msd_properties", "prepare_msd"]
+__all__ = ["VOLUME_LAYOUTS", "declared_settings", "msd_properties", "prepare_msd"]
 
 #: ``prepare`` layouts of volume datasets (the 2-D ones are :data:`fanet_monai.data.layouts.LAYOUTS`)
 VOLUME_LAYOUTS = ("msd",)
@@ -74,6 +74,35 @@ def msd_properties(path: str | os.PathLike) -> dict:
         DataCheckError: naming the file: not JSON, no ``training`` list, labels that are not the codes 0..K.
     """
     return _properties(_read_json(Path(path)), Path(path))
+
+
+#: Decathlon modality names that are MR sequences (intensity: z-score on the foreground)
+MR_SEQUENCES = frozenset({"MR", "MRI", "T1", "T1W", "T1GD", "T2", "T2W", "FLAIR", "ADC", "DWI", "PD"})
+
+
+def declared_settings(path: str | os.PathLike) -> dict:
+    """The run settings a datalist declares (one written by :func:`prepare_msd`, or a Decathlon ``dataset.json``):
+    ``num_classes``, ``image_channels``, ``label_names`` (``{code: name}`` without the background) and, for a
+    CT or all-MR modalities, ``modality`` ("CT"/"MR", :mod:`fanet_monai.data.volume_preprocessing`). ``{}`` for
+    anything else (a folder, a datalist without ``labels``)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() != ".json":
+        return {}
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # the datalist loader names the file
+    if not isinstance(content, dict) or "labels" not in content:
+        return {}
+    properties = _properties(content, path)
+    settings = {"num_classes": properties["num_classes"], "image_channels": properties["image_channels"],
+                "label_names": {k: v for k, v in properties["labels"].items() if k != "0"}}
+    kinds = {str(v).upper() for v in properties["modality"].values()}
+    if kinds == {"CT"}:
+        settings["modality"] = "CT"
+    elif kinds <= MR_SEQUENCES:
+        settings["modality"] = "MR"
+    return settings
 
 
 def _listed(path: Path, content: dict, key: str) -> tuple[list[dict], int]:
