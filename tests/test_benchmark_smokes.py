@@ -1,0 +1,37 @@
+"""The native-resolution and volume benchmarks run every step at tiny sizes (their ``--smoke`` modes) and report
+what they measured; the tables in the README come from the same code at full size."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import native_resolution, volumes
+
+
+@pytest.mark.slow
+def test_native_resolution_smoke_scores_every_configuration_per_fold(tmp_path, capsys):
+    runs = native_resolution.main(["--smoke", "--workdir", str(tmp_path)])
+    assert {r["config"] for r in runs} == set(native_resolution.CONFIGS)
+    assert {(r["fold"], r["seed"]) for r in runs} == {(0, 0), (1, 0)}
+    for run in runs:
+        assert {"p1", "refined", "refined_clean"} <= set(run)
+        assert 0 <= run["refined"]["dice"] <= 1 and run["refined_clean"]["betti0"] >= 0
+    table = capsys.readouterr().out
+    assert "| fanet_patch | 2 |" in table and "Δ Dice patch − resize" in table
+    # started again: every run is found in runs.jsonl and skipped
+    assert len(native_resolution.main(["--smoke", "--workdir", str(tmp_path)])) == len(runs)
+
+
+@pytest.mark.slow
+def test_volume_benchmark_smoke_trains_every_network_at_equal_epochs_and_time(tmp_path, capsys):
+    runs = volumes.main(["--smoke", "--workdir", str(tmp_path)])
+    by_budget = {(r["config"], r["budget"]) for r in runs}
+    assert {(c, "epochs") for c in ("fanet_3d", "fanet_slice", "basicunet_3d", "unet_3d", "dynunet_3d")} <= by_budget
+    assert ("unet_3d", "time") in by_budget and ("fanet_3d", "time") not in by_budget
+    fanet = next(r for r in runs if r["config"] == "fanet_3d")
+    assert [row["pass"] for row in fanet["rows"]] == [1, 2, "early_stop"]
+    assert {"dice_class_1", "dice_class_2", "hd95_class_1", "hd95_class_2"} <= set(fanet["rows"][0])
+    assert "### equal epochs" in capsys.readouterr().out
+    assert json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[0])["fold"] == 0
