@@ -1,7 +1,7 @@
 """The bundle's one switch between binary and multi-class segmentation: ``num_classes`` (foreground classes).
 
 - ``num_classes = 1`` (binary, the paper): one output channel of logits, sigmoid, Dice-CE with BCE, foreground =
-  sigmoid > 0.5, masks saved as 0/255 bitmaps (0/1 in NIfTI kept as such by the writer's dtype).
+  sigmoid > 0.5, masks saved as 0/255 bitmaps, or 0/1 label maps in NIfTI/NRRD/MHA (:func:`mask_values`).
 - ``num_classes = K > 1`` (hippocampus anterior/posterior, tumour sub-regions, organs): ``K + 1`` output channels
   (channel 0 the background), softmax, Dice-CE with one-hot labels, the prediction is the argmax (label codes
   ``0..K``, saved as they are), Dice per class without the background.
