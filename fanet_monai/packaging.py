@@ -9,6 +9,12 @@ Layout written to ``OUT``::
     scripts/   __init__.py (the import shim) + fanet_monai/ (this package's source, copied at packaging time)
     LICENSE
 
+A run trained with a data layer (``volume.json``: ``run.json``'s ``config_layers``) is packaged with the layer merged
+into ``train.json``, ``evaluate.json`` and ``inference.json``, so each packaged config is a complete 3-D bundle on its
+own (MONAI Label and ``python -m monai.bundle run`` read one config), and ``metadata.json`` describes it: three
+``spatial_shape`` entries (MONAI Label's dimension), one image channel plus the feedback mask, and the run's label
+names in the output's ``channel_def``.
+
 One source of truth: the code under ``scripts/fanet_monai`` is copied from the imported ``fanet_monai`` package
 when the bundle is written, never kept as a second copy in git. The configs keep importing ``fanet_monai`` (so
 they stay identical to the repository's, and the package's absolute imports work unchanged); the packaged configs
@@ -63,9 +69,52 @@ def _set_override(config: dict, key: str, value: Any) -> bool:
     return False
 
 
-def _write_configs(out: Path, bundle_dir: Path, overrides: Mapping[str, Any], label_name: str | None) -> None:
+_LAYERED = ("train.json", "evaluate.json", "inference.json")
+
+
+def _merge_layer(config: dict, layer: dict) -> dict:
+    """``config`` with the data layer's ids over it (top-level ids replaced, ``+imports`` appended), as MONAI's
+    ``ConfigParser`` merges the two files."""
+    merged = dict(config)
+    for key, value in layer.items():
+        if key == "+imports":
+            target = "imports" if "imports" in merged else "+imports"
+            merged[target] = [*merged.get(target, []), *[i for i in value if i not in merged.get(target, [])]]
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(meta: dict, overrides: Mapping[str, Any], label_names: Mapping[str, str] | None,
+              label_name: str | None) -> None:
+    """Fit ``metadata.json``'s ``network_data_format`` to the packaged network: dimensions, image channels, the
+    classes and their names."""
+    formats = meta["network_data_format"]
+    image, pred = formats["inputs"]["image"], formats["outputs"]["pred"]
+    dims = int(overrides.get("spatial_dims", len(image["spatial_shape"])))
+    channels = int(overrides.get("image_channels", image["num_channels"] - 1))
+    image["spatial_shape"] = pred["spatial_shape"] = ["16*n"] * dims
+    if channels != image["num_channels"] - 1:
+        image.update(format="magnitude", num_channels=channels + 1, channel_def={
+            **{str(c): f"image channel {c}" for c in range(channels)},
+            str(channels): image["channel_def"][str(image["num_channels"] - 1)]})
+    num_classes = int(overrides.get("num_classes", 1))
+    names = {str(k): str(v) for k, v in (label_names or {}).items()}
+    if num_classes == 1:
+        pred["channel_def"] = {"0": "background", "1": names.get("1") or label_name or "foreground"}
+    else:
+        pred["channel_def"] = {"0": "background", **{str(k): names.get(str(k), f"class {k}")
+                                                     for k in range(1, num_classes + 1)}}
+    pred["num_channels"] = num_classes + 1 if num_classes > 1 else 1
+    if dims == 3:
+        meta["description"] = meta.get("description", "") + " This bundle segments 3-D volumes."
+
+
+def _write_configs(out: Path, bundle_dir: Path, overrides: Mapping[str, Any], label_name: str | None,
+                   layers: tuple[str, ...] = (), label_names: Mapping[str, str] | None = None) -> None:
     (out / "configs").mkdir(parents=True, exist_ok=True)
     unused = set(overrides)
+    layered = [json.loads((bundle_dir / "configs" / f"{name}.json").read_text()) for name in layers]
     for name in _CONFIGS:
         src = bundle_dir / "configs" / name
         if not src.is_file():
@@ -74,13 +123,15 @@ def _write_configs(out: Path, bundle_dir: Path, overrides: Mapping[str, Any], la
             shutil.copy2(src, out / "configs" / name)
             continue
         config = json.loads(src.read_text())
+        if name in _LAYERED:
+            for layer in layered:
+                config = _merge_layer(config, layer)
         for key in ("imports", "+imports"):
             if key in config and SCRIPTS_IMPORT not in config[key]:
                 config[key] = [SCRIPTS_IMPORT, *config[key]]
         if name == "metadata.json":
             config.get("required_packages_version", {}).pop("fanet-monai", None)  # the code travels in scripts/
-            if label_name:
-                config["network_data_format"]["outputs"]["pred"]["channel_def"]["1"] = label_name
+            _describe(config, overrides, label_names, label_name)
         else:
             for key, value in overrides.items():
                 if _set_override(config, key, value):
@@ -137,6 +188,8 @@ def package_bundle(
     bundle_dir: str | os.PathLike | None = None,
     label_name: str | None = None,
     torchscript: bool = True,
+    layers: tuple[str, ...] = (),
+    label_names: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> Path:
     """Write the self-contained bundle folder ``out`` (see module doc) and return its path.
@@ -147,6 +200,8 @@ def package_bundle(
         bundle_dir: the bundle whose configs, docs and scripts are used (default: this repository's ``bundle/``).
         label_name: name of the foreground label (``metadata.json`` ``channel_def``; MONAI Label shows it).
         torchscript: also write ``models/model.ts``.
+        layers: data layers the run was trained with (``("volume",)``), merged into the packaged configs.
+        label_names: ``{code: name}`` of the run's classes (``run.json``), for ``metadata.json``'s ``channel_def``.
         overrides: config ids the run was trained with (``image_size``, ``network_def#channels``, ...), written
             into every packaged config that has them, so the packaged ``network_def`` fits ``model.pt``.
 
@@ -161,7 +216,7 @@ def package_bundle(
         raise FileNotFoundError(f"{weights}: no trained network to package (train first, or pass --bundle_root RUN).")
     if out.resolve() == src_dir.resolve():
         raise ValueError(f"{out}: choose an output folder other than the source bundle.")
-    _write_configs(out, src_dir, overrides, label_name)
+    _write_configs(out, src_dir, overrides, label_name, tuple(layers), label_names)
     _copy_scripts(out, src_dir)
     parser = ConfigParser()
     parser.read_config(str(out / "configs" / "inference.json"))

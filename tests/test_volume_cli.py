@@ -4,6 +4,7 @@ recorded in the run so evaluation and inference stay 3-D."""
 from __future__ import annotations
 
 import csv
+import subprocess
 import json
 from pathlib import Path
 
@@ -97,5 +98,43 @@ def test_decathlon_hippocampus_prepare_train_evaluate_infer(tmp_path, capsys):
     assert run(["infer", str(images), str(masks), "--bundle_root", str(root), "--num_workers", "0"]) == 0
     for path in sorted(masks.rglob("*.nii.gz")):
         mask, source = nib.load(path), nib.load(images / path.name)
+        assert mask.shape == source.shape and np.allclose(mask.affine, source.affine)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
+
+
+@pytest.mark.slow
+def test_a_3d_run_packages_into_a_self_contained_3d_bundle(tmp_path, capsys):
+    """``fanet package`` of a volume run: volume.json merged into the packaged configs, metadata with three spatial
+    dimensions (MONAI Label's dimension), one image channel + the mask, the run's class names; the packaged bundle
+    infers volumes with ``python -m monai.bundle run`` in MONAI Label's environment (no fanet_monai installed)."""
+    from test_monailabel_server import clean_env, monailabel_python
+
+    data = make_volume_dataset(tmp_path / "data", num_volumes=5, shape=(20, 20, 24), kind="blobs", num_classes=2,
+                               spacing=(1.0, 1.2, 1.5), seed=6)
+    datalist = tmp_path / "list.json"
+    items = [{"image": str(p), "label": str(data / "masks" / p.name)} for p in sorted((data / "images").iterdir())]
+    datalist.write_text(json.dumps({"labels": {"0": "background", "1": "core", "2": "rim"}, "modality": {"0": "CT"},
+                                    "training": items[:4], "validation": items[4:]}))
+    root = tmp_path / "run"
+    assert run(["train", str(datalist), "--bundle_root", str(root), "--max_epochs", "1", "--batch_size", "2",
+                "--show_progress", "False", *TINY]) == 0
+    release_claims()
+    bundle = tmp_path / "bundle"
+    assert run(["package", str(bundle), "--bundle_root", str(root)]) == 0
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    image, pred = meta["network_data_format"]["inputs"]["image"], meta["network_data_format"]["outputs"]["pred"]
+    assert len(image["spatial_shape"]) == 3 and image["num_channels"] == 2
+    assert pred["channel_def"] == {"0": "background", "1": "core", "2": "rim"} and pred["num_channels"] == 3
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert inference["spatial_dims"] == 3 and inference["modality"] == "CT" and len(inference["target_spacing"]) == 3
+    out = tmp_path / "pred"
+    result = subprocess.run(
+        [monailabel_python(), "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+         "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf", "--bundle_root", ".",
+         "--dataset_dir", str(data / "images"), "--output_dir", str(out)],
+        cwd=bundle, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for path in sorted((data / "images").iterdir()):
+        mask, source = nib.load(out / path.name), nib.load(path)
         assert mask.shape == source.shape and np.allclose(mask.affine, source.affine)
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}

@@ -147,7 +147,7 @@ class FanetCLI:
             )
         print(f"TorchScript model written to {target}")
 
-    @bundle_command("inference")
+    @bundle_command("inference", "volume")
     def package(self, out: str, bundle_root: str = ".", label_name: str | None = None,
                 bundle_dir: str | None = None, torchscript: bool = True, **overrides: Any):
         """Write a self-contained model-zoo bundle folder ``out`` from the run ``bundle_root``.
@@ -158,8 +158,14 @@ class FanetCLI:
         ``--label_name polyp`` names the foreground label."""
         from fanet_monai.packaging import package_bundle
 
-        overrides = with_run_settings("package", bundle_root, ("inference",), overrides, bundle_dir)
-        path = package_bundle(out, bundle_root, bundle_dir, label_name, torchscript, **overrides)
+        from fanet_monai.run import find_run_root, read_run
+
+        root = find_run_root(bundle_root)
+        settings = (read_run(root) or {}).get("settings", {}) if root is not None else {}
+        layers = data_layers(None, settings)
+        overrides = with_run_settings("package", bundle_root, ("inference", *layers), overrides, bundle_dir)
+        path = package_bundle(out, bundle_root, bundle_dir, label_name, torchscript, layers=layers,
+                              label_names=settings.get("label_names"), **overrides)
         print(f"bundle written to {path}")
 
     @bundle_command("inference")
