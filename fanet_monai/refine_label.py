@@ -32,7 +32,7 @@ from fanet_monai.data.readers import BitmapReader
 from fanet_monai.data.transforms import BinarizeLabeld
 from fanet_monai.label_server import RequestError
 
-__all__ = ["StartMaskFromLabeld", "as_flag", "attach_start_masks", "datastore_label", "DATASTORE_LABELS"]
+__all__ = ["LoadStartLabeld", "StartMaskFromLabeld", "as_flag", "attach_start_masks", "datastore_label", "DATASTORE_LABELS"]
 
 #: Where MONAI Label's local datastore keeps an image's final label, relative to the image's folder.
 DATASTORE_LABELS = os.path.join("labels", "final")
@@ -141,10 +141,11 @@ class StartMaskFromLabeld(MapTransform):
             except Exception as err:  # unreadable / not an image
                 name = os.path.basename(path)
                 raise RequestError(f"{name}: cannot read the start mask as an image ({err}).") from err
-        array = torch.as_tensor(np.asarray(label) if not isinstance(label, torch.Tensor) else label)
+        source = label.meta.get(ImageMetaKey.FILENAME_OR_OBJ) if isinstance(label, MetaTensor) else None
+        array = label if isinstance(label, torch.Tensor) else torch.as_tensor(np.asarray(label))
         if array.ndim == image.ndim - 1:  # (H, W) without a channel
             array = array[None]
-        return array, f"the '{self.label_key}' array"
+        return array, str(source) if source else f"the '{self.label_key}' array"
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
@@ -167,4 +168,29 @@ class StartMaskFromLabeld(MapTransform):
             if isinstance(image, MetaTensor):
                 stacked = MetaTensor(stacked, meta=image.meta, applied_operations=image.applied_operations)
             d[key] = stacked
+        return d
+
+
+class LoadStartLabeld(StartMaskFromLabeld):
+    """Load the existing label of refine-my-mask (a path, an array, or the datastore's label; see
+    :class:`StartMaskFromLabeld`) into ``data[label_key]`` as a channel-first tensor with its own meta (an array
+    gets the image's affine), right after the image is loaded.
+
+    The spatial preprocessing that follows then moves it with the image: the volume steps (orientation, spacing with
+    nearest interpolation, foreground crop: keys ``image`` and ``label``) bring it into the image's preprocessed
+    frame, where :class:`StartMaskFromLabeld` appends it. 2-D preprocessing does not touch the label, so bitmaps behave
+    as before. Does nothing when not ``enabled``."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        if not self.enabled:
+            return d
+        for key in self.key_iterator(d):
+            image = d[key]
+            name = str(image.meta.get(ImageMetaKey.FILENAME_OR_OBJ, "")) if isinstance(image, MetaTensor) else ""
+            label, _ = self._label_for(d, image, name)
+            if not isinstance(label, MetaTensor):
+                affine = image.affine if isinstance(image, MetaTensor) else None
+                label = MetaTensor(label, affine=affine)
+            d[self.label_key] = label
         return d
