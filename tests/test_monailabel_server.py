@@ -17,6 +17,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -100,28 +102,26 @@ def write_studies(folder: Path, tmp: Path) -> dict:
     return studies
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    python = monailabel_python()
-    tmp = tmp_path_factory.mktemp("monailabel")
+def download_app(python: str, tmp: Path) -> Path:
+    """MONAI Label's ``monaibundle`` sample app under ``tmp/apps`` (its bundles go to ``model/<name>``)."""
     probe = subprocess.run([python, "-c", "import fanet_monai"], env=clean_env(), cwd=tmp, capture_output=True)
     assert probe.returncode != 0, "fanet_monai must not be importable in the MONAI Label environment"
-    start = time.time()
     subprocess.run(
         [python, "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle", "--output", "apps"],
         cwd=tmp, env=clean_env(), check=True, capture_output=True, timeout=300,
     )
-    run = tmp / "run"
-    mask_echo_checkpoint(run / "models" / "model.pt")
-    bundle = package_bundle(tmp / "apps" / "monaibundle" / "model" / "fanet", run, label_name="polyp", **TINY)
-    studies_dir = tmp / "studies"
-    studies_dir.mkdir()
-    studies = write_studies(studies_dir, tmp)
+    return tmp / "apps" / "monaibundle"
+
+
+@contextmanager
+def running_server(python: str, tmp: Path, model: str) -> Iterator[tuple[str, Path]]:
+    """A MONAI Label server for ``tmp/apps/monaibundle`` with the bundle ``model``, studies in ``tmp/studies``, on a
+    free loopback port; yields ``(url, log file)`` once ``/info/`` answers, and stops it afterwards."""
     port = free_port()
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen(
         [python, "-m", "monailabel.main", "start_server", "--app", "apps/monaibundle", "--studies", "studies",
-         "--conf", "models", "fanet", "--conf", "zoo_source", "local", "--conf", "sam2", "false",
+         "--conf", "models", model, "--conf", "zoo_source", "local", "--conf", "sam2", "false",
          "--host", "127.0.0.1", "--port", str(port)],
         cwd=tmp, env=clean_env(), stdout=log, stderr=subprocess.STDOUT,
     )
@@ -138,9 +138,8 @@ def server(tmp_path_factory):
                 log.flush()
                 pytest.fail(f"MONAI Label server did not start: {(tmp / 'server.log').read_text()[-3000:]}")
             time.sleep(0.5)
-        TIMINGS["server_start_s"] = time.time() - up
-        TIMINGS["setup_total_s"] = time.time() - start
-        yield {"url": url, "bundle": bundle, "studies": studies, "dir": studies_dir, "log": tmp / "server.log"}
+        TIMINGS[f"server_start_{model}_s"] = time.time() - up
+        yield url, tmp / "server.log"
     finally:
         proc.terminate()
         try:
@@ -148,7 +147,24 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-        print(f"\nMONAI Label server test timings: {json.dumps({k: round(v, 1) for k, v in TIMINGS.items()})}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    python = monailabel_python()
+    tmp = tmp_path_factory.mktemp("monailabel")
+    start = time.time()
+    app = download_app(python, tmp)
+    run = tmp / "run"
+    mask_echo_checkpoint(run / "models" / "model.pt")
+    bundle = package_bundle(app / "model" / "fanet", run, label_name="polyp", **TINY)
+    studies_dir = tmp / "studies"
+    studies_dir.mkdir()
+    studies = write_studies(studies_dir, tmp)
+    with running_server(python, tmp, "fanet") as (url, log):
+        TIMINGS["setup_total_s"] = time.time() - start
+        yield {"url": url, "bundle": bundle, "studies": studies, "dir": studies_dir, "log": log}
+    print(f"\nMONAI Label server test timings: {json.dumps({k: round(v, 1) for k, v in TIMINGS.items()})}")
 
 
 def infer(server, image: str, params: dict | None = None, files: dict | None = None, output: str = "image"):

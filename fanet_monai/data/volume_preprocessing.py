@@ -59,6 +59,7 @@ from fanet_monai.data.patches import check_volume_mode
 
 __all__ = [
     "MODALITIES",
+    "RequestSafeSpacingd",
     "VolumeSettings",
     "axis_spacing",
     "foreground_crop",
@@ -182,6 +183,20 @@ def foreground_crop(
                            start_coord_key=None, end_coord_key=None, allow_missing_keys=True)
 
 
+class RequestSafeSpacingd(Spacingd):
+    """MONAI's ``Spacingd``, safe in a MONAI Label request: for a NIfTI input, MONAI 1.6's ``Spacingd`` updates
+    every entry named ``<key>_*`` with the image's meta data, which fails on the string MONAI Label puts under
+    ``image_path``. Such non-dict entries are set aside for the call and put back; the result is MONAI's."""
+
+    def __call__(self, data: Mapping[Any, Any], lazy: bool | None = None) -> dict:
+        d = dict(data)
+        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and not isinstance(d[k], Mapping)
+                 and any(k.startswith(f"{key}_") for key in self.keys)}
+        out = super().__call__(d, lazy=lazy)
+        out.update(aside)
+        return out
+
+
 class VolumeSettings:
     """The preprocessing settings of a 3-D run, the target spacing resolved, and the transform they define.
 
@@ -287,7 +302,8 @@ class VolumeSettings:
         steps: list = []
         if self.orientation is not None:
             steps.append(Orientationd(keys, axcodes=self.orientation, labels=_RAS_LABELS, allow_missing_keys=True))
-        steps.append(Spacingd(keys, pixdim=self.target_spacing, mode=["bilinear", "nearest"], allow_missing_keys=True))
+        steps.append(RequestSafeSpacingd(keys, pixdim=self.target_spacing, mode=["bilinear", "nearest"],
+                                         allow_missing_keys=True))
         steps.append(intensity_transform(self.modality, self.ct_window, image_key))
         if self.crop_foreground:
             steps.append(foreground_crop(self.modality, self.crop_margin, keys, source_key=image_key))
