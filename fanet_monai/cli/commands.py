@@ -26,8 +26,9 @@ class FanetCLI:
     def prepare(self, layout: str, root: str, out_json: str, seed: int = 0, **options: Any):
         """Check a dataset in its native layout and write the MONAI datalist ``out_json`` with the paper's split.
 
-        Layouts: kvasir-seg, cvc-clinicdb, dsb2018, isic2018, em-isbi2012, drive, chase-db1, folder; prints a
-        report. Options: ``--split_order``, ``--val_from_train N``, ``--offline_copies N|paper``,
+        Layouts: kvasir-seg, cvc-clinicdb, dsb2018, isic2018, em-isbi2012, drive, chase-db1, folder, and msd (a
+        Medical Segmentation Decathlon task: ``dataset.json`` + ``imagesTr``/``labelsTr`` volumes; the datalist
+        keeps its label names, modality and channels for ``fanet train``); prints a report. Options: ``--split_order``, ``--val_from_train N``, ``--offline_copies N|paper``,
         ``--val_fraction``, ``--test_fraction`` (see :func:`fanet_monai.data.layouts.prepare`)."""
         from fanet_monai.data.layouts import prepare
 
