@@ -23,8 +23,8 @@ from monai.transforms import (Activationsd, AsDiscreted, Identityd, MapTransform
 
 from fanet_monai.data.files import BITMAP_SUFFIXES
 
-__all__ = ["activation", "discretization", "mask_values", "mean_dice", "output_channels", "segmentation_loss",
-           "small_object_removal"]
+__all__ = ["activation", "check_labels", "discretization", "mask_values", "mean_dice", "output_channels",
+           "segmentation_loss", "small_object_removal"]
 
 
 def _check(num_classes: int) -> int:
@@ -102,3 +102,27 @@ def mean_dice(num_classes: int, output_transform: Callable) -> MeanDice:
     if _check(num_classes) == 1:
         return MeanDice(include_background=True, output_transform=output_transform)
     return MeanDice(include_background=False, num_classes=num_classes + 1, output_transform=output_transform)
+
+
+def check_labels(label_names: Mapping[str, str] | None, label_codes: Mapping[str, Any] | None,
+                 num_classes: int) -> None:
+    """Refuse, before training, class names or codes that do not fit the run's classes: keys must be the class
+    codes ``1..num_classes`` (as strings, ``{"1": "Vessel"}``), codes ``{"category": [value, scheme, meaning],
+    "type": [value, scheme, meaning]}`` (DICOM coded concepts, e.g. SNOMED CT). Both belong to the run and name what
+    it segments in ``run.json``, the packaged metadata, MONAI Label and every DICOM SEG."""
+    valid = {str(k) for k in range(1, _check(num_classes) + 1)}
+    for what, table in (("label_names", label_names), ("label_codes", label_codes)):
+        if not table:
+            continue
+        if not isinstance(table, Mapping):
+            raise ValueError(f"{what} must map class codes to values, e.g. {{\"1\": ...}}, got {table!r}.")
+        unknown = sorted(str(k) for k in table if str(k) not in valid)
+        if unknown:
+            raise ValueError(f"{what}: keys {unknown} are not class codes of this run (1..{num_classes}; 0 is the "
+                             "background).")
+    for key, code in (label_codes or {}).items():
+        entries = [code.get(part) if isinstance(code, Mapping) else None for part in ("category", "type")]
+        if not all(isinstance(e, (list, tuple)) and len(e) == 3 and all(str(v) for v in e) for e in entries):
+            raise ValueError(f"label_codes[{key!r}] must be {{\"category\": [value, scheme, meaning], \"type\": "
+                             "[value, scheme, meaning]} (e.g. SNOMED CT [\"41329004\", \"SCT\", \"Polyp\"]), got "
+                             f"{code!r}.")

@@ -61,6 +61,8 @@ INHERITED_SETTINGS = (
     "spatial_dims",
     "image_channels",
     "num_classes",
+    "label_names",
+    "label_codes",
     "input_mode",
     "patch_size",
     "resize_anti_aliasing",

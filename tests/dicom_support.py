@@ -18,12 +18,18 @@ INFER = {"image_size": [SIZE, SIZE], "num_passes": 2, "num_workers": 0, "network
 DCIODVFY = shutil.which("dciodvfy")
 
 
+#: what the tiny run declares it segments (recorded in its run.json; every SEG it writes must say so)
+RUN_LABELS = {"label_names": {"1": "Blob"}, "label_codes": {"1": {
+    "category": ["91723000", "SCT", "Anatomical structure"], "type": ["4147007", "SCT", "Mass"]}}}
+
+
 def train_tiny_bundle(root: Path) -> Path:
     """Six short epochs of a narrow FANet at 64² (≈ 10 s): real weights in ``root/models/model.pt`` that find
     the synthetic blobs, so the masks compared in the tests are not trivially empty."""
     data = make_synthetic_dataset(root / "data", num_images=16, height=SIZE, width=SIZE, seed=5)
     workflow = load_workflow(bundle_configs("train"), "training", bundle_root=str(root), dataset_dir=str(data),
-                             max_epochs=6, learning_rate=1e-2, batch_size=4, show_progress=False, **INFER)
+                             max_epochs=6, learning_rate=1e-2, batch_size=4, show_progress=False, **INFER,
+                             label_names=RUN_LABELS["label_names"], label_codes=RUN_LABELS["label_codes"])
     workflow.run()
     assert (root / "models" / "model.pt").is_file()
     return root

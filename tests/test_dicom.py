@@ -26,10 +26,13 @@ from fanet_monai.dicom.predictor import ModelIdentity
 from fanet_monai.dicom.reader import decode_frame, read_header
 from fanet_monai.dicom.samples import _jpeg, make_source, save
 from fanet_monai.errors import InputError
-from fanet_monai.dicom.seg import SegSettings, build_segmentations, seg_uids
+from fanet_monai.dicom.seg import UNCODED_SCHEME, SegSettings, build_segmentations, seg_uids
 
 H, W = 50, 62  # odd, non-square
 MODEL = ModelIdentity("fanet-monai", "0.1.0", "0.1.0", "0123456789abcdef" * 4)
+#: what a polyp model's run declares (label_names, label_codes in its run.json)
+POLYP = SegSettings(label_names={"1": "Polyp"}, label_codes={"1": {
+    "category": ["49755003", "SCT", "Morphologically abnormal structure"], "type": ["41329004", "SCT", "Polyp"]}})
 PHI = ("Doe^Jane", "PID-0001", "19700101")
 needs_dciodvfy = pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy not installed (Debian package dicom3tools)")
 
@@ -158,7 +161,7 @@ def test_seg_for_every_iod_is_valid_and_reads_back(tmp_path, rgb, kind, fraction
     if not fractional:
         masks = [m > 0.5 for m in masks]
         masks[-1][:] = False  # an empty mask among them
-    segs = build_segmentations(source, masks, MODEL, SegSettings(), fractional=fractional)
+    segs = build_segmentations(source, masks, MODEL, POLYP, fractional=fractional)
     series_uid, uids = seg_uids(source, MODEL)
     assert len(segs) == (n if kind in ("OP", "MFSC", "MFSC_GRAY") else 1) == len(uids)
     for k, seg in enumerate(segs):
@@ -183,9 +186,30 @@ def test_seg_for_every_iod_is_valid_and_reads_back(tmp_path, rgb, kind, fraction
             assert np.array_equal(stored.astype(bool), masks[k])
         segment = back.SegmentSequence[0]
         assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "41329004"
+        assert segment.SegmentLabel == "Polyp"
         algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
         assert MODEL.weights_sha256 in algorithm.AlgorithmParameters and "0.1.0" in algorithm.AlgorithmVersion
         assert MODEL.key in back.SeriesDescription
+
+
+@needs_dciodvfy
+def test_a_run_without_declared_codes_gets_an_explicitly_uncoded_segment_never_another_anatomy(tmp_path, rgb,
+                                                                                                caplog):
+    source = make_source(rgb, "ES")
+    with caplog.at_level(logging.WARNING, logger="fanet_monai.dicom.seg"):
+        seg = build_segmentations(source, [np.ones((H, W), bool)], MODEL, SegSettings(label_names={"1": "Vessel"}))[0]
+    assert "declares no codes" in caplog.text and "--label_codes" in caplog.text
+    seg.save_as(tmp_path / "seg.dcm")
+    assert dciodvfy_errors(tmp_path / "seg.dcm") == []
+    segment = hd.seg.segread(tmp_path / "seg.dcm").SegmentSequence[0]
+    assert segment.SegmentLabel == "Vessel"
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == UNCODED_SCHEME
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Uncoded: Vessel"
+    assert "41329004" not in str(segment)  # no bundle-wide polyp default any more
+    unnamed = SegSettings().segment(1)
+    assert unnamed[0] == "Segment 1" and unnamed[3] is False
+    with pytest.raises(ValueError, match=r"must be \[value, scheme designator, meaning\]"):
+        SegSettings(property_category=["1", "SCT"], property_type=["2", "SCT", "x"]).segment(1)
 
 
 @needs_dciodvfy
@@ -234,6 +258,8 @@ def test_dicom_infer_matches_fanet_infer_and_reports_bad_sources(tmp_path, tiny_
         seg = hd.seg.segread(seg_path)
         assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == uid
         assert np.array_equal(seg.pixel_array.reshape(mask.shape).astype(bool), mask), key
+        segment = seg.SegmentSequence[0]  # what the run declared, not a bundle-wide default
+        assert segment.SegmentLabel == "Blob" and segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "4147007"
 
     logged += capsys.readouterr().out
     for value in PHI:

@@ -28,8 +28,9 @@ class FanetCLI:
 
         Layouts: kvasir-seg, cvc-clinicdb, dsb2018, isic2018, em-isbi2012, drive, chase-db1, folder, and msd (a
         Medical Segmentation Decathlon task: ``dataset.json`` + ``imagesTr``/``labelsTr`` volumes; the datalist
-        keeps its label names, modality and channels for ``fanet train``); prints a report. Options: ``--split_order``, ``--val_from_train N``, ``--offline_copies N|paper``,
-        ``--val_fraction``, ``--test_fraction`` (see :func:`fanet_monai.data.layouts.prepare`)."""
+        keeps its label names, modality and channels for ``fanet train``); prints a report. Options:
+        ``--split_order``, ``--val_from_train N``, ``--offline_copies N|paper``, ``--val_fraction``,
+        ``--test_fraction`` (see :func:`fanet_monai.data.layouts.prepare`)."""
         from fanet_monai.data.layouts import prepare
 
         prepare(layout, root, out_json, seed=seed, **options)
@@ -48,13 +49,13 @@ class FanetCLI:
         if overrides.get("resume"):
             overrides = resume_overrides(bundle_root, overrides)
         declared = _declared(dataset_dir, overrides, names)
-        overrides = {**{k: v for k, v in declared.items() if k != "label_names"}, **overrides}
+        overrides = {**declared, **overrides}
         workflow = load_workflow(config_files(names, bundle_dir), "training", dataset_dir=dataset_dir,
                                  bundle_root=bundle_root, **overrides)
         owner = workflow.parser.get_parsed_content("run_owner")
         owner.record(
             settings={"network_def": workflow.parser.get("network_def"), "dataset_dir": str(dataset_dir),
-                      "config_layers": list(names[1:]), "label_names": declared.get("label_names", {})},
+                      "config_layers": list(names[1:])},
             overrides={k: v for k, v in {"dataset_dir": dataset_dir, **overrides}.items() if k not in NOT_STORED},
         )
         try:
@@ -287,7 +288,7 @@ def _declared(dataset: str, overrides: dict, names: tuple[str, ...]) -> dict:
     from fanet_monai.data.decathlon import declared_settings
 
     ids = config_ids(names)
-    declared = {k: v for k, v in declared_settings(dataset).items() if k in ids or k == "label_names"}
+    declared = {k: v for k, v in declared_settings(dataset).items() if k in ids}
     shown = {k: v for k, v in declared.items() if k not in overrides}
     if shown:
         print(f"fanet train: {dataset} declares " + ", ".join(f"{k}={json.dumps(v)}" for k, v in shown.items()))

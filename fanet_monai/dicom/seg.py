@@ -19,8 +19,9 @@ referencing its source frame) in the same SEG series.
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -33,7 +34,9 @@ from pydicom.uid import generate_uid
 from fanet_monai.dicom.predictor import ModelIdentity
 from fanet_monai.dicom.reader import number_of_frames
 
-__all__ = ["SegSettings", "build_segmentations", "seg_uids", "SECONDARY_CAPTURE"]
+__all__ = ["SegSettings", "build_segmentations", "seg_uids", "SECONDARY_CAPTURE", "UNCODED_SCHEME"]
+
+logger = logging.getLogger(__name__)
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 #: Type 2 attributes highdicom copies from the source; empty is valid, absent is not.
@@ -41,17 +44,29 @@ _TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSe
                       "StudyDate", "StudyTime", "ReferringPhysicianName")
 
 
+#: the local coding scheme of a segment whose run declared no codes (DICOM PS3.16: "99" designators are private)
+UNCODED_SCHEME = "99FANET"
+
+
 @dataclass
 class SegSettings:
-    """What the SEG says (``dicom_seg`` in ``bundle/configs/dicom.json``; override e.g.
-    ``--dicom_seg#segment_label Vessel``).
+    """What the SEG says (``dicom_seg`` in ``bundle/configs/dicom.json``).
 
-    Codes are ``[value, scheme designator, meaning]`` triples, e.g. SNOMED CT ``["41329004", "SCT", "Polyp"]``.
+    What the model segments belongs to its **run**, not to the bundle: ``label_names`` (``{"1": "Vessel"}``) and
+    ``label_codes`` (``{"1": {"category": [value, scheme, meaning], "type": [value, scheme, meaning]}}``, e.g. SNOMED
+    CT ``["41329004", "SCT", "Polyp"]``) are declared at training (``fanet train --label_names ... --label_codes
+    ...``, or taken from a Decathlon ``dataset.json``), recorded in ``run.json`` and given here by the bundle
+    (``@label_names``, ``@label_codes``). ``segment_label``, ``property_category`` and ``property_type`` override
+    segment 1 explicitly (``--dicom_seg#segment_label Vessel``). A segment without declared codes is written with a
+    generic, explicitly uncoded description (the local scheme :data:`UNCODED_SCHEME`, meaning "uncoded") and a
+    warning says so: never another model's anatomy.
     """
 
-    segment_label: str = "Polyp"
-    property_category: Sequence[str] = ("49755003", "SCT", "Morphologically abnormal structure")
-    property_type: Sequence[str] = ("41329004", "SCT", "Polyp")
+    segment_label: str | None = None
+    property_category: Sequence[str] | None = None
+    property_type: Sequence[str] | None = None
+    label_names: Mapping[str, str] | None = None
+    label_codes: Mapping[str, Mapping[str, Sequence[str]]] | None = None
     algorithm_name: str = "FANet"
     series_description: str = "FANet SEG"
     series_number: int = 9100
@@ -62,6 +77,27 @@ class SegSettings:
     def series_description_for(self, model: ModelIdentity) -> str:
         """Series Description of this model version's SEG series (LO, at most 64 characters)."""
         return f"{self.series_description} {model.key}"[:64]
+
+    def segment(self, number: int = 1) -> tuple[str, CodedConcept, CodedConcept, bool]:
+        """``(label, category, type, coded)`` of segment ``number`` (class code ``number``), see the class doc."""
+        key = str(number)
+        names = {str(k): str(v) for k, v in (self.label_names or {}).items()}
+        label = (self.segment_label if number == 1 and self.segment_label else None) or names.get(key) or \
+            f"Segment {number}"
+        declared = {str(k): v for k, v in (self.label_codes or {}).items()}.get(key) or {}
+        category = (self.property_category if number == 1 and self.property_category else None) or \
+            declared.get("category")
+        kind = (self.property_type if number == 1 and self.property_type else None) or declared.get("type")
+        if category and kind:
+            return label[:64], _concept(category, "category"), _concept(kind, "type"), True
+        return (label[:64], CodedConcept("uncoded", UNCODED_SCHEME, "Uncoded category"),
+                CodedConcept(f"segment-{number}"[:16], UNCODED_SCHEME, f"Uncoded: {label}"[:64]), False)
+
+
+def _concept(code: Sequence[str], what: str) -> CodedConcept:
+    if isinstance(code, str) or len(code) != 3 or not all(str(c) for c in code):
+        raise ValueError(f"a segment {what} code must be [value, scheme designator, meaning], got {code!r}.")
+    return CodedConcept(*(str(c) for c in code))
 
 
 def seg_uids(source: Dataset, model: ModelIdentity) -> tuple[str, list[str]]:
@@ -141,11 +177,16 @@ def build_segmentations(
         source=model.project,
         parameters={"weights_sha256": model.weights_sha256, **(parameters or {})},
     )
+    label, category, kind, coded = settings.segment(1)
+    if not coded:
+        logger.warning("SEG segment 1 %r: the model's run declares no codes for it; written with the local uncoded "
+                       "scheme %s. Declare them at training (--label_codes '{\"1\": {\"category\": [...], \"type\": "
+                       "[...]}}') or with --dicom_seg#property_category/#property_type.", label, UNCODED_SCHEME)
     description = hd.seg.SegmentDescription(
         segment_number=1,
-        segment_label=settings.segment_label,
-        segmented_property_category=CodedConcept(*settings.property_category),
-        segmented_property_type=CodedConcept(*settings.property_type),
+        segment_label=label,
+        segmented_property_category=category,
+        segmented_property_type=kind,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
     )
@@ -181,7 +222,7 @@ def build_segmentations(
             device_serial_number=model.weights_sha256[:16],
             series_description=settings.series_description_for(model),
             content_label=settings.content_label,
-            content_description=f"{settings.segment_label} segmentation by {settings.algorithm_name}"[:64],
+            content_description=f"{label} segmentation by {settings.algorithm_name}"[:64],
             max_fractional_value=255,
             omit_empty_frames=False,
         )
