@@ -101,7 +101,7 @@ def _describe(meta: dict, overrides: Mapping[str, Any], label_names: Mapping[str
     num_classes = int(overrides.get("num_classes", 1))
     names = {str(k): str(v) for k, v in (label_names or {}).items()}
     if num_classes == 1:
-        pred["channel_def"] = {"0": "background", "1": names.get("1") or label_name or "foreground"}
+        pred["channel_def"] = {"0": "background", "1": label_name or names.get("1") or "foreground"}
     else:
         pred["channel_def"] = {"0": "background", **{str(k): names.get(str(k), f"class {k}")
                                                      for k in range(1, num_classes + 1)}}
