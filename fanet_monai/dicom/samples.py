@@ -14,7 +14,10 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
 from pydicom.uid import JPEGBaseline8Bit, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-__all__ = ["IODS", "make_source"]
+__all__ = ["CT_IMAGE", "IODS", "make_ct_series", "make_source"]
+
+#: CT Image Storage
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 #: kind -> (SOP Class UID, Modality, multi-frame IOD)
 IODS: dict[str, tuple[str, str, bool]] = {
@@ -94,6 +97,39 @@ def make_source(
     else:
         ds.PixelData = _native(frames, photometric, bits)
     return ds
+
+
+def make_ct_series(
+    hounsfield: np.ndarray,
+    spacing: tuple[float, float, float] = (0.8, 0.8, 2.0),
+    orientation: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    origin: tuple[float, float, float] = (-100.0, -120.0, 50.0),
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+) -> list[Dataset]:
+    """Single-frame CT Image Storage instances of a volume ``hounsfield`` ``(X, Y, Z)`` (X along the rows' direction
+    cosine, Y along the columns', Z along their normal), stored unsigned 16-bit with Rescale Intercept -1024, one
+    instance per Z slice at ``origin + k * spacing[2] * normal`` (LPS, mm). ``spacing`` is (X, Y, Z) in mm."""
+    row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+    normal = np.cross(row, col)
+    study, series = study_uid or generate_uid(), series_uid or generate_uid()
+    frame_of_reference = generate_uid()
+    out = []
+    for k in range(hounsfield.shape[2]):
+        stored = np.clip(hounsfield[:, :, k].T + 1024, 0, 65535).astype(np.uint16)  # (rows, columns)
+        ds = make_source(stored, "SC", study_uid=study, series_uid=series, instance_number=k + 1)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE
+        ds.Modality, ds.ImageType = "CT", ["ORIGINAL", "PRIMARY", "AXIAL"]
+        del ds.ConversionType
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_of_reference, ""
+        ds.ImageOrientationPatient = [float(v) for v in orientation]
+        ds.ImagePositionPatient = [float(v) for v in np.asarray(origin) + k * spacing[2] * normal]
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]  # (between rows, between columns)
+        ds.SliceThickness = float(spacing[2]) * 1.5  # deliberately not the spacing, as in real series
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+        ds.KVP, ds.AcquisitionNumber = 120, 1
+        out.append(ds)
+    return out
 
 
 def _native(frames: np.ndarray, photometric: str, bits: int) -> bytes:

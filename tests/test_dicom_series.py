@@ -1,0 +1,118 @@
+"""CT/MR DICOM series as volumes (issue 21, item 1): grouping, slice order from the positions, rescaling, the RAS
+grid, the checks naming series and instance, and the roughly anonymised real CT series."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fanet_monai.dicom.samples import make_ct_series, save
+from fanet_monai.dicom.series import SeriesError, find_series, read_series
+
+CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_dicom_series"
+
+
+def _volume(shape=(12, 10, 6), seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-1000, 1500, shape).astype(np.int16)
+
+
+def _write(folder: Path, datasets, shuffle=True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    order = list(range(len(datasets)))
+    if shuffle:
+        random.Random(0).shuffle(order)
+    for i in order:
+        save(datasets[i], folder / f"{datasets[i].SOPInstanceUID}.dcm")
+    return folder
+
+
+def _only(folder: Path):
+    series = find_series(folder)
+    assert len(series) == 1
+    return read_series(next(iter(series.values())))
+
+
+@pytest.mark.parametrize("orientation", [(1, 0, 0, 0, 1, 0), (0, 1, 0, 0, 0, -1)])  # axial, sagittal
+def test_a_shuffled_series_becomes_the_volume_on_its_grid(tmp_path, orientation):
+    hu = _volume()
+    volume = _only(_write(tmp_path / "s", make_ct_series(hu, spacing=(0.7, 0.9, 2.5), orientation=orientation)))
+    assert np.array_equal(volume.array, hu.astype(np.float32))  # slice order from the positions, HU rescaled
+    assert volume.spacing == pytest.approx((0.7, 0.9, 2.5))  # Z from the positions, not Slice Thickness (3.75)
+    row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+    lps = np.array([-100.0, -120.0, 50.0]) + 3 * 2.5 * np.cross(row, col) + 2 * 0.7 * row + 5 * 0.9 * col
+    ras = np.array([-lps[0], -lps[1], lps[2]])
+    assert volume.affine[:3, :3] @ [2, 5, 3] + volume.affine[:3, 3] == pytest.approx(ras)  # voxel (2, 5, 3)
+    assert [int(ds.InstanceNumber) for ds in volume.datasets] == list(range(1, 7))
+
+
+def test_series_are_grouped_and_each_checked_on_its_own(tmp_path):
+    good = make_ct_series(_volume(seed=1))
+    missing = make_ct_series(_volume(seed=2))
+    del missing[3]
+    _write(tmp_path, good + missing)
+    series = find_series(tmp_path)
+    assert len(series) == 2
+    volumes, errors = [], []
+    for instances in series.values():
+        try:
+            volumes.append(read_series(instances))
+        except SeriesError as error:
+            errors.append(str(error))
+    assert len(volumes) == 1 and len(errors) == 1
+    assert f"series {missing[0].SeriesInstanceUID}" in errors[0] and "missing slice" in errors[0]
+    assert f"after {missing[2].SOPInstanceUID}.dcm" in errors[0] and missing[3 + 0].SOPInstanceUID in errors[0]
+
+
+def _fails(folder: Path, match: str) -> str:
+    with pytest.raises(SeriesError, match=match) as info:
+        _only(folder)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_bad_series_are_refused_naming_series_and_instance(tmp_path):
+    localizer = make_ct_series(_volume(seed=3))
+    localizer[2].ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    message = _fails(_write(tmp_path / "loc", localizer), "a localizer")
+    assert localizer[2].SOPInstanceUID in message
+
+    mixed = make_ct_series(_volume(seed=4))
+    mixed[4].ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+    assert mixed[4].SOPInstanceUID in _fails(_write(tmp_path / "mixed", mixed), "orientation .* differs")
+
+    uneven = make_ct_series(_volume(seed=5))
+    uneven[3].ImagePositionPatient = [-100.0, -120.0, 50.0 + 3 * 2.0 + 0.3]
+    _fails(_write(tmp_path / "uneven", uneven), "unequal slice spacing")
+
+    tilted = make_ct_series(_volume(seed=6))
+    for k, ds in enumerate(tilted):
+        ds.ImagePositionPatient = [-100.0, -120.0 + 0.5 * k, 50.0 + 2.0 * k]  # each slice shifted along y
+    _fails(_write(tmp_path / "tilt", tilted), "gantry tilt: .* refused, not resampled")
+
+    single = make_ct_series(_volume(shape=(12, 10, 1), seed=7))
+    _fails(_write(tmp_path / "one", single), "a series of one slice")
+
+    seg_like = make_ct_series(_volume(seed=8))
+    seg_like[1].Modality = "SEG"
+    _fails(_write(tmp_path / "seg", seg_like), "Segmentation \\(SEG\\) object, not an image to segment")
+
+
+@pytest.mark.skipif(not CT.is_dir(), reason="needs ../shared/data/ct_dicom_series")
+def test_the_real_ct_series_is_repaired_and_lies_on_its_reference_labels_grid():
+    series = find_series(CT / "dicom")
+    assert len(series) == 1
+    volume = read_series(next(iter(series.values())))
+    assert volume.array.shape == (512, 512, 20) and volume.spacing == pytest.approx((0.9765625, 0.9765625, 2.0))
+    assert volume.array.min() == -1024 and volume.array.max() > 1000  # Hounsfield units, JPEG 2000 decoded
+    assert "SeriesInstanceUID generated (empty in the files)" in volume.notes
+    assert "SOPInstanceUID taken from the file meta information" in volume.notes
+    assert all(ds.SOPInstanceUID and ds.StudyInstanceUID for ds in volume.datasets)
+    again = read_series(next(iter(find_series(CT / "dicom").values())))
+    assert again.series_uid == volume.series_uid  # generated deterministically: a re-run finds the same series
+    reference = nib.as_closest_canonical(nib.load(CT / "reference_labels.nii.gz"))
+    ours = nib.as_closest_canonical(nib.Nifti1Image(volume.array, volume.affine))
+    assert ours.shape == reference.shape and np.allclose(ours.affine, reference.affine, atol=1e-3)
