@@ -116,3 +116,35 @@ def test_the_real_ct_series_is_repaired_and_lies_on_its_reference_labels_grid():
     reference = nib.as_closest_canonical(nib.load(CT / "reference_labels.nii.gz"))
     ours = nib.as_closest_canonical(nib.Nifti1Image(volume.array, volume.affine))
     assert ours.shape == reference.shape and np.allclose(ours.affine, reference.affine, atol=1e-3)
+
+
+def test_one_seg_per_series_with_a_segment_per_class_reads_back_voxel_for_voxel(tmp_path):
+    import highdicom as hd
+    from dicom_support import dciodvfy_errors
+    from test_dicom import MODEL
+
+    from fanet_monai.dicom.seg import SegSettings
+    from fanet_monai.dicom.series_seg import build_series_segmentation
+
+    sagittal = make_ct_series(_volume(shape=(16, 14, 8)), orientation=(0, 1, 0, 0, 0, -1))
+    volume = _only(_write(tmp_path / "s", sagittal))
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[2:9, 3:10, 1:4] = 1
+    labels[10:14, 5:12, 5:7] = 2  # slices 0 and 4 and 7 stay empty: not stored
+    settings = SegSettings(label_names={"1": "Anterior", "2": "Posterior"})
+    seg = build_series_segmentation(volume, labels, 2, MODEL, settings)
+    seg.save_as(tmp_path / "seg.dcm")
+    if Path("/usr/bin/dciodvfy").exists():
+        assert dciodvfy_errors(tmp_path / "seg.dcm") == []
+    back = hd.seg.segread(tmp_path / "seg.dcm")
+    assert [s.SegmentLabel for s in back.SegmentSequence] == ["Anterior", "Posterior"]
+    assert back.FrameOfReferenceUID == volume.datasets[0].FrameOfReferenceUID
+    assert int(back.NumberOfFrames) == 3 + 2  # frames with foreground only, one per segment and slice
+    referenced = {i.ReferencedSOPInstanceUID for i in back.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {ds.SOPInstanceUID for ds in volume.datasets}
+    sop_uids = [ds.SOPInstanceUID for ds in volume.datasets]
+    stack = back.get_pixels_by_source_instance(source_sop_instance_uids=sop_uids, combine_segments=True,
+                                               skip_overlap_checks=True)  # (Z, rows, columns)
+    assert np.array_equal(np.transpose(stack, (2, 1, 0)), labels)
+    with pytest.raises(ValueError, match="not on the series' grid"):
+        build_series_segmentation(volume, labels[:-1], 2, MODEL, settings)

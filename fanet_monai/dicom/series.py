@@ -127,8 +127,10 @@ def read_series(instances: list[tuple[Path, Dataset]], spacing_tolerance: float 
     if len(instances) < 2:
         raise fail("a series of one slice is a 2-D image, not a volume; segment it with the instance pipeline",
                    *instances[0])
-    first = np.asarray(instances[0][1].ImageOrientationPatient, dtype=float)
-    for path, ds in instances[1:]:
+    cosines = [np.asarray(ds.ImageOrientationPatient, dtype=float) for _, ds in instances]
+    # the series' orientation is the one most instances share; the others are named
+    first = max(cosines, key=lambda c: sum(np.abs(o - c).max() <= orientation_tolerance for o in cosines))
+    for path, ds in instances:
         if np.abs(np.asarray(ds.ImageOrientationPatient, dtype=float) - first).max() > orientation_tolerance:
             raise fail(f"orientation {list(ds.ImageOrientationPatient)} differs from the series' "
                        f"{first.tolist()} (another series or a localizer mixed in); remove it", path, ds)

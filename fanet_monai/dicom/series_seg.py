@@ -1,0 +1,86 @@
+"""One DICOM SEG per CT/MR series (issue 21, item 2): a label volume on the series' grid as a highdicom SEG with one
+segment per class, referencing every source instance, sharing the series' Frame of Reference with plane positions,
+so that a viewer overlays it on the series.
+
+The label volume is ``(X, Y, Z)`` on :class:`~fanet_monai.dicom.series.SeriesVolume`'s grid (what ``fanet infer``
+writes for the series exported to NIfTI, or what a model returns on ``SeriesVolume.array``); it goes back to DICOM's
+``(slice, row, column)`` frames in the series' slice order. Only frames holding foreground are stored
+(``omit_empty_frames``, highdicom's default; an all-background series still gets one frame, as the standard needs
+one). Segment labels and codes are the run's (:meth:`fanet_monai.dicom.seg.SegSettings.segment`), uncoded and said
+so when the run declared none.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import highdicom as hd
+import numpy as np
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from fanet_monai.dicom.predictor import ModelIdentity
+from fanet_monai.dicom.seg import UNCODED_SCHEME, SegSettings
+from fanet_monai.dicom.series import SeriesVolume
+
+__all__ = ["build_series_segmentation", "series_seg_uids"]
+
+logger = logging.getLogger(__name__)
+
+
+def series_seg_uids(volume: SeriesVolume, model: ModelIdentity) -> tuple[str, str]:
+    """``(SEG series UID, SEG SOP Instance UID)``, deterministic in the source series and ``model.key``: storing a
+    result twice is a no-op in a PACS."""
+    source = volume.datasets[0]
+    series = generate_uid(entropy_srcs=["fanet-series-seg-series", str(source.StudyInstanceUID), volume.series_uid,
+                                        model.key])
+    return series, generate_uid(entropy_srcs=["fanet-series-seg", volume.series_uid, model.key])
+
+
+def build_series_segmentation(volume: SeriesVolume, labels: np.ndarray, num_classes: int, model: ModelIdentity,
+                              settings: SegSettings, parameters: dict | None = None) -> hd.seg.Segmentation:
+    """The SEG of ``labels`` (``(X, Y, Z)`` class codes ``0..num_classes`` on ``volume``'s grid).
+
+    Raises:
+        ValueError: ``labels`` not on the volume's grid, or holding codes outside ``0..num_classes``.
+    """
+    if labels.shape != volume.array.shape:
+        raise ValueError(f"series {volume.series_uid}: labels of shape {labels.shape} are not on the series' grid "
+                         f"{volume.array.shape}.")
+    codes_found = np.unique(labels)
+    if codes_found.min() < 0 or codes_found.max() > num_classes:
+        raise ValueError(f"series {volume.series_uid}: label codes {codes_found.tolist()} outside 0..{num_classes}.")
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=settings.algorithm_name, family=codes.cid7162.ArtificialIntelligence,
+        version=f"{model.project} {model.project_version} bundle {model.bundle_version}"[:64],
+        source=model.project, parameters={"weights_sha256": model.weights_sha256, **(parameters or {})})
+    descriptions = []
+    for number in range(1, int(num_classes) + 1):
+        label, category, kind, coded = settings.segment(number)
+        if not coded:
+            logger.warning("SEG segment %d %r: the model's run declares no codes for it; written with the local "
+                           "uncoded scheme %s (declare --label_codes at training).", number, label, UNCODED_SCHEME)
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=label, segmented_property_category=category,
+            segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm))
+    frames = np.ascontiguousarray(np.transpose(labels, (2, 1, 0))).astype(np.uint8)  # (Z, rows, columns)
+    series_uid, sop_uid = series_seg_uids(volume, model)
+    return hd.seg.Segmentation(
+        source_images=volume.datasets,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_uid,
+        series_number=settings.series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=settings.manufacturer,
+        manufacturer_model_name=settings.algorithm_name,
+        software_versions=f"{model.project} {model.project_version}",
+        device_serial_number=model.weights_sha256[:16],
+        series_description=settings.series_description_for(model),
+        content_label=settings.content_label,
+        content_description=f"{settings.algorithm_name} segmentation of series {volume.series_uid}"[-64:],
+        omit_empty_frames=True,
+    )
