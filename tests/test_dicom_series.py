@@ -148,3 +148,64 @@ def test_one_seg_per_series_with_a_segment_per_class_reads_back_voxel_for_voxel(
     assert np.array_equal(np.transpose(stack, (2, 1, 0)), labels)
     with pytest.raises(ValueError, match="not on the series' grid"):
         build_series_segmentation(volume, labels[:-1], 2, MODEL, settings)
+
+
+@pytest.mark.slow
+def test_dicom_infer_with_a_volume_run_writes_one_seg_per_series_equal_to_fanet_infer(tmp_path, capsys):
+    """A 3-D run (trained on NIfTI volumes) given DICOM series: each valid series becomes one SEG holding exactly
+    the voxels ``fanet infer`` writes for the series exported to NIfTI; a broken series is reported, the others
+    go on."""
+    import highdicom as hd
+
+    from fanet_monai.cli import run
+    from fanet_monai.data import make_volume_dataset
+    from fanet_monai.run import release_claims
+
+    data = make_volume_dataset(tmp_path / "train", num_volumes=4, shape=(16, 16, 12), kind="blobs", num_classes=2,
+                               seed=3)
+    root = tmp_path / "run"
+    tiny = ["--num_workers", "0", "--num_passes", "2", "--patch_size", "[16,16,16]", "--network_def#channels",
+            "[4,8,8,8]", "--num_classes", "2", "--label_names", '{"1": "Core", "2": "Rim"}']
+    assert run(["train", str(data), "--bundle_root", str(root), "--max_epochs", "1", "--batch_size", "2",
+                "--show_progress", "False", "--target_spacing", "[1.0,1.0,1.0]", *tiny]) == 0
+    release_claims()
+    # echo weights (class 1 where the fed mask is, background elsewhere): the masks vary in space, so a grid or
+    # orientation slip between the SEG and ``fanet infer`` would show
+    import torch
+
+    from fanet_monai import FANet
+
+    echo = FANet(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 8, 8))
+    with torch.no_grad():
+        echo.head.conv.weight.zero_()
+        echo.head.conv.weight[1, -1] = 20.0
+        echo.head.conv.bias.copy_(torch.tensor([0.0, -10.0, -30.0]))
+    torch.save(echo.state_dict(), root / "models" / "model.pt")
+    dicom = tmp_path / "dicom"
+    hu = [(np.asarray(nib.load(p).dataobj) * 400 - 200).astype(np.int16)
+          for p in sorted((data / "images").iterdir())[:2]]
+    good = make_ct_series(hu[0], spacing=(1.0, 1.0, 1.0))
+    broken = make_ct_series(hu[1], spacing=(1.0, 1.0, 1.0))
+    del broken[5]
+    _write(dicom / "a", good)
+    _write(dicom / "b", broken)
+    out = tmp_path / "segs"
+    assert run(["dicom_infer", str(dicom), str(out), "--bundle_root", str(root), "--num_workers", "0"]) == 3
+    printed = capsys.readouterr()
+    assert "missing slice" in printed.out + printed.err
+    segs = sorted(out.glob("*.seg.dcm"))
+    assert [p.name for p in segs] == [f"{good[0].SeriesInstanceUID}.seg.dcm"]
+    # fanet infer on the same series exported to NIfTI
+    volume = _only(dicom / "a")
+    images = tmp_path / "nifti"
+    images.mkdir()
+    nib.save(nib.Nifti1Image(volume.array, volume.affine), images / "series.nii.gz")
+    assert run(["infer", str(images), str(tmp_path / "masks"), "--bundle_root", str(root), "--num_workers", "0"]) == 0
+    expected = np.asarray(nib.load(tmp_path / "masks" / "series.nii.gz").dataobj)
+    assert 0.05 < (expected == 1).mean() < 0.95  # a mask with a shape, not a constant
+    back = hd.seg.segread(segs[0])
+    assert [s.SegmentLabel for s in back.SegmentSequence] == ["Core", "Rim"]
+    uids = [ds.SOPInstanceUID for ds in volume.datasets]
+    stack = back.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True,
+                                               skip_overlap_checks=True)
+    assert np.array_equal(np.transpose(stack, (2, 1, 0)), expected)

@@ -170,19 +170,27 @@ class FanetCLI:
                               label_names=settings.get("label_names"), **overrides)
         print(f"bundle written to {path}")
 
-    @bundle_command("inference")
+    @bundle_command("inference", "volume")
     def dicom_infer(self, input: str, output_dir: str, bundle_root: str = ".", bundle_dir: str | None = None,
                     fractional: bool = False, **overrides: Any):
-        """One DICOM SEG per DICOM image under ``input`` (a file or folder, recursive) into ``output_dir``.
+        """One DICOM SEG per DICOM image under ``input`` (a file or folder, recursive) into ``output_dir``; for a run
+        trained on volumes, one SEG per CT/MR series (a segment per class).
 
         Same preprocessing, refinement and weights as ``infer`` (and the run's stored settings unless given);
         ``--fractional`` stores probabilities. Exit code 3 if any source failed (one line each, naming file, SOP
         Instance UID and reason)."""
         from fanet_monai.dicom.pipeline import dicom_infer
+        from fanet_monai.dicom.series_pipeline import dicom_infer_series
 
         log_to_console()
-        overrides = with_run_settings("dicom_infer", bundle_root, ("inference",), overrides, bundle_dir)
-        summary = dicom_infer([input], output_dir, bundle_root, bundle_dir, fractional, **overrides)
+        layers = _layers("dicom_infer", None, bundle_root)
+        overrides = with_run_settings("dicom_infer", bundle_root, ("inference", *layers), overrides, bundle_dir)
+        if "volume" in layers:  # a volume run: one SEG per CT/MR series
+            if fractional:
+                raise InputError("--fractional is for 2-D instances; a volume run writes one binary SEG per series.")
+            summary = dicom_infer_series([input], output_dir, bundle_root, bundle_dir, **overrides)
+        else:
+            summary = dicom_infer([input], output_dir, bundle_root, bundle_dir, fractional, **overrides)
         if summary.failed:
             raise SystemExit(EXIT_PARTIAL)
 

@@ -1,0 +1,94 @@
+"""``fanet dicom_infer`` for a run trained on volumes: one SEG per CT/MR series (issue 21, items 1-2).
+
+Every series under the inputs is read as a volume (:func:`fanet_monai.dicom.series.read_series`: checked, one line
+per refused series naming the instance; the others go on), exported to NIfTI with its grid, and segmented by the
+bundle's own ``inference.json`` + ``volume.json`` in one run over all series — exactly ``fanet infer`` on those
+NIfTI files, so the SEG holds the voxels ``fanet infer`` writes. Each label volume becomes one SEG
+(:func:`fanet_monai.dicom.series_seg.build_series_segmentation`) named ``<Series Instance UID>.seg.dcm``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import nibabel as nib
+import numpy as np
+
+from fanet_monai import __version__
+from fanet_monai.bundle import bundle_configs, run_workflow
+from fanet_monai.data.inputs import writable_dir
+from fanet_monai.dicom.pipeline import Summary, write_atomic
+from fanet_monai.dicom.predictor import ModelIdentity, sha256_of
+from fanet_monai.dicom.reader import SourceError
+from fanet_monai.dicom.seg import SegSettings
+from fanet_monai.dicom.series import SeriesError, find_series, read_series
+from fanet_monai.dicom.series_seg import build_series_segmentation
+from fanet_monai.errors import InputError
+
+__all__ = ["dicom_infer_series"]
+
+logger = logging.getLogger(__name__)
+
+
+def _model(bundle_root: Path, bundle_dir: str | None, ckpt_path: str | None) -> ModelIdentity:
+    weights = Path(ckpt_path) if ckpt_path else bundle_root / "models" / "model.pt"
+    if not weights.is_file():
+        raise InputError(f"{weights}: no trained network (train first, or pass --bundle_root RUN).")
+    meta = json.loads((Path(bundle_configs("metadata", bundle_dir=bundle_dir)[0])).read_text())
+    return ModelIdentity("fanet-monai", __version__, str(meta.get("version", "0")), sha256_of(weights))
+
+
+def dicom_infer_series(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, bundle_root: str = ".",
+                       bundle_dir: str | None = None, **overrides: Any) -> Summary:
+    """Write ``<output_dir>/<Series Instance UID>.seg.dcm`` for every usable series under ``inputs``.
+
+    Raises:
+        InputError: ``output_dir`` cannot be written, no DICOM file under ``inputs``, no trained network."""
+    out = Path(writable_dir(output_dir))
+    summary = Summary()
+    series: dict[str, list] = {}
+    for source in inputs:
+        try:
+            series.update(find_series(source))
+        except SourceError as error:
+            summary.fail(error)
+    if not series:
+        raise InputError(f"{', '.join(str(i) for i in inputs)}: no DICOM series found; give a folder holding the "
+                         "instances of CT/MR series (searched recursively).")
+    model = _model(Path(bundle_root), bundle_dir, overrides.get("ckpt_path"))
+    volumes = {}
+    for uid, instances in series.items():
+        try:
+            volumes[uid] = read_series(instances)
+        except SeriesError as error:
+            summary.fail(error)
+            continue
+        for note in volumes[uid].notes:
+            summary.note(f"series {uid}: {note}")
+    if not volumes:
+        return summary
+    settings = SegSettings(label_names=overrides.get("label_names"), label_codes=overrides.get("label_codes"))
+    num_classes = int(overrides.get("num_classes", 1))
+    with tempfile.TemporaryDirectory(prefix="fanet-series-") as work:
+        images, masks = Path(work) / "images", Path(work) / "masks"
+        images.mkdir()
+        for uid, volume in volumes.items():
+            nib.save(nib.Nifti1Image(volume.array, volume.affine), images / f"{uid}.nii.gz")
+        logger.info("segmenting %d series with the volume bundle", len(volumes))
+        run_workflow(bundle_configs("inference", "volume", bundle_dir=bundle_dir), "run", dataset_dir=str(images),
+                     output_dir=str(masks), bundle_root=str(bundle_root), **overrides)
+        for uid, volume in volumes.items():
+            labels = np.asarray(nib.load(masks / f"{uid}.nii.gz").dataobj)
+            seg = build_series_segmentation(volume, labels, num_classes, model, settings,
+                                            parameters={"num_passes": overrides.get("num_passes", 3)})
+            write_atomic(seg, out / f"{uid}.seg.dcm")
+            summary.done += 1
+            summary.segs += 1
+            logger.info("SEG written for series %s (%d instances): %s", uid, len(volume.datasets),
+                        ", ".join(f"class {k}: {int((labels == k).sum())} voxels" for k in range(1, num_classes + 1)))
+    return summary
