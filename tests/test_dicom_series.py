@@ -3,6 +3,7 @@ grid, the checks naming series and instance, and the roughly anonymised real CT 
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -209,3 +210,40 @@ def test_dicom_infer_with_a_volume_run_writes_one_seg_per_series_equal_to_fanet_
     stack = back.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True,
                                                skip_overlap_checks=True)
     assert np.array_equal(np.transpose(stack, (2, 1, 0)), expected)
+    report = json.loads((out / f"{good[0].SeriesInstanceUID}.volumes.json").read_text())
+    voxel_ml = float(np.prod(volume.spacing)) / 1000
+    assert [r["volume_ml"] for r in report["segments"]] == [
+        pytest.approx(float((expected == k).sum()) * voxel_ml) for k in (1, 2)]
+    sr = hd.sr.srread(out / f"{good[0].SeriesInstanceUID}.sr.dcm")
+    assert len(sr.content.get_volumetric_roi_measurement_groups()) == 2
+
+
+def test_a_volume_report_per_series_gives_each_segment_in_millilitres(tmp_path):
+    import highdicom as hd
+    from dicom_support import dciodvfy_errors
+    from test_dicom import MODEL
+
+    from fanet_monai.dicom.seg import SegSettings
+    from fanet_monai.dicom.series_seg import build_series_segmentation
+    from fanet_monai.dicom.sr import build_volume_report, segment_volumes
+
+    volume = _only(_write(tmp_path / "s", make_ct_series(_volume(shape=(16, 14, 8)), spacing=(0.5, 0.8, 2.5))))
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[2:9, 3:10, 1:4] = 1  # 7 * 7 * 3 = 147 voxels of 0.5 * 0.8 * 2.5 = 1 mm³: 0.147 mL
+    labels[10:14, 5:12, 5:7] = 2  # 4 * 7 * 2 = 56 voxels: 0.056 mL
+    settings = SegSettings(label_names={"1": "Anterior", "2": "Posterior"})
+    seg = build_series_segmentation(volume, labels, 2, MODEL, settings)
+    volumes = segment_volumes(volume, labels, 2, settings)
+    assert [(r["label"], r["voxels"], r["volume_ml"]) for r in volumes] == [("Anterior", 147, 0.147),
+                                                                            ("Posterior", 56, 0.056)]
+    sr = build_volume_report(volume, seg, volumes, MODEL, settings)
+    sr.save_as(tmp_path / "sr.dcm")
+    if Path("/usr/bin/dciodvfy").exists():
+        assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+    back = hd.sr.srread(tmp_path / "sr.dcm")
+    groups = back.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == 2
+    found = {g.referenced_segment.referenced_segment_numbers[0]: g.get_measurements()[0] for g in groups}
+    assert found[1].value == pytest.approx(0.147) and found[2].value == pytest.approx(0.056)
+    assert found[1].unit.value == "mL" and found[1].name.meaning == "Volume"
+    assert all(g.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID for g in groups)

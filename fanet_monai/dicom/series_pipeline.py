@@ -4,7 +4,8 @@ Every series under the inputs is read as a volume (:func:`fanet_monai.dicom.seri
 per refused series naming the instance; the others go on), exported to NIfTI with its grid, and segmented by the
 bundle's own ``inference.json`` + ``volume.json`` in one run over all series — exactly ``fanet infer`` on those
 NIfTI files, so the SEG holds the voxels ``fanet infer`` writes. Each label volume becomes one SEG
-(:func:`fanet_monai.dicom.series_seg.build_series_segmentation`) named ``<Series Instance UID>.seg.dcm``.
+(:func:`fanet_monai.dicom.series_seg.build_series_segmentation`) named ``<Series Instance UID>.seg.dcm``, with its
+volume report beside it (:mod:`fanet_monai.dicom.sr`: ``.sr.dcm``, TID 1500, and ``.volumes.json``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from fanet_monai.dicom.reader import SourceError
 from fanet_monai.dicom.seg import SegSettings
 from fanet_monai.dicom.series import SeriesError, find_series, read_series
 from fanet_monai.dicom.series_seg import build_series_segmentation
+from fanet_monai.dicom.sr import build_volume_report, segment_volumes
+from fanet_monai.io import atomic_write
 from fanet_monai.errors import InputError
 
 __all__ = ["dicom_infer_series"]
@@ -86,9 +89,16 @@ def dicom_infer_series(inputs: Sequence[str | os.PathLike], output_dir: str | os
             labels = np.asarray(nib.load(masks / f"{uid}.nii.gz").dataobj)
             seg = build_series_segmentation(volume, labels, num_classes, model, settings,
                                             parameters={"num_passes": overrides.get("num_passes", 3)})
+            measured = segment_volumes(volume, labels, num_classes, settings)
+            report = build_volume_report(volume, seg, measured, model, settings)
             write_atomic(seg, out / f"{uid}.seg.dcm")
+            write_atomic(report, out / f"{uid}.sr.dcm")
+            with atomic_write(out / f"{uid}.volumes.json", "w") as f:
+                json.dump({"series_instance_uid": uid, "seg_sop_instance_uid": seg.SOPInstanceUID,
+                           "sr_sop_instance_uid": report.SOPInstanceUID, "model": model.key,
+                           "voxel_mm": list(volume.spacing), "segments": measured}, f, indent=1)
             summary.done += 1
             summary.segs += 1
-            logger.info("SEG written for series %s (%d instances): %s", uid, len(volume.datasets),
-                        ", ".join(f"class {k}: {int((labels == k).sum())} voxels" for k in range(1, num_classes + 1)))
+            logger.info("SEG and volume report written for series %s (%d instances): %s", uid, len(volume.datasets),
+                        ", ".join(f"{r['label']} {r['volume_ml']} mL" for r in measured))
     return summary
