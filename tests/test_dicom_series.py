@@ -247,3 +247,20 @@ def test_a_volume_report_per_series_gives_each_segment_in_millilitres(tmp_path):
     assert found[1].value == pytest.approx(0.147) and found[2].value == pytest.approx(0.056)
     assert found[1].unit.value == "mL" and found[1].name.meaning == "Volume"
     assert all(g.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID for g in groups)
+
+
+def test_a_truncated_instance_or_a_series_too_large_for_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    datasets = make_ct_series(_volume(seed=9))
+    folder = _write(tmp_path / "cut", datasets)
+    victim = folder / f"{datasets[3].SOPInstanceUID}.dcm"
+    victim.write_bytes(victim.read_bytes()[:-100])  # cut inside the pixel data
+    message = _fails(folder, "series .*")
+    assert datasets[3].SOPInstanceUID in message and ("cut" in message or "truncat" in message or "short" in message)
+
+    import fanet_monai.data.inputs as inputs
+
+    monkeypatch.setattr(inputs, "available_memory", lambda: 10_000)  # bytes
+    decoded = []
+    monkeypatch.setattr("fanet_monai.dicom.series.decode_frame", lambda ds: decoded.append(ds) or None)
+    message = _fails(_write(tmp_path / "big", make_ct_series(_volume(seed=10))), "needs about .* GiB to refine")
+    assert message.startswith("series ") and decoded == []

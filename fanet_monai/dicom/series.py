@@ -16,7 +16,8 @@ localizer (Image Type ``LOCALIZER``) or an instance of another orientation mixed
 the median: a missing slice, named by the instances around it); unequal spacing beyond ``spacing_tolerance``;
 gantry tilt (slices not stacked along their normal: refused, not resampled — resampling would need an oblique grid
 the mask could not be written back to); a series of one slice (a 2-D image: the instance pipeline segments it);
-instances of unequal size.
+instances of unequal size; a truncated instance anywhere in the series; a series whose refinement would not fit in
+the available memory (estimated from the headers, before any pixel is decoded).
 
 Rough anonymisation is repaired and said (:attr:`SeriesVolume.notes`): an empty SOP Instance UID or SOP Class UID is
 taken from the file meta information; empty Study/Series Instance UIDs are generated deterministically from the
@@ -34,6 +35,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from fanet_monai.data.inputs import check_memory
 from fanet_monai.dicom.reader import SourceError, check_source, decode_frame, looks_like_dicom, read_header
 from fanet_monai.errors import InputError
 
@@ -164,6 +166,11 @@ def read_series(instances: list[tuple[Path, Dataset]], spacing_tolerance: float 
         raise fail(f"gantry tilt: slices shift {sideways:.2f} mm sideways along the stack (not stacked along their "
                    "normal); tilted series are refused, not resampled: reconstruct it without tilt")
     pixel = [float(v) for v in instances[0][1].PixelSpacing]  # (row spacing, column spacing)
+    rows, columns = shapes.pop()
+    try:  # before any pixel is decoded
+        check_memory(f"series {series_uid}", (columns, rows, len(instances)), 1)
+    except InputError as error:
+        raise SeriesError(str(error)) from error
     slices = []
     for path, ds in instances:
         try:
