@@ -151,6 +151,31 @@ def test_one_seg_per_series_with_a_segment_per_class_reads_back_voxel_for_voxel(
         build_series_segmentation(volume, labels[:-1], 2, MODEL, settings)
 
 
+def echo_volume_run(tmp_path: Path, data: Path) -> Path:
+    """A 3-D run (1 epoch on ``data``, classes Core/Rim, recorded like any run) whose ``model.pt`` is then replaced by
+    echo weights (class 1 where the fed mask is, background elsewhere): masks that vary in space, so a grid or
+    orientation slip between a SEG and ``fanet infer`` would show."""
+    import torch
+
+    from fanet_monai import FANet
+    from fanet_monai.cli import run
+    from fanet_monai.run import release_claims
+
+    root = tmp_path / "run"
+    tiny = ["--num_workers", "0", "--num_passes", "2", "--patch_size", "[16,16,16]", "--network_def#channels",
+            "[4,8,8,8]", "--num_classes", "2", "--label_names", '{"1": "Core", "2": "Rim"}']
+    assert run(["train", str(data), "--bundle_root", str(root), "--max_epochs", "1", "--batch_size", "2",
+                "--show_progress", "False", "--target_spacing", "[1.0,1.0,1.0]", *tiny]) == 0
+    release_claims()
+    echo = FANet(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 8, 8))
+    with torch.no_grad():
+        echo.head.conv.weight.zero_()
+        echo.head.conv.weight[1, -1] = 20.0
+        echo.head.conv.bias.copy_(torch.tensor([0.0, -10.0, -30.0]))
+    torch.save(echo.state_dict(), root / "models" / "model.pt")
+    return root
+
+
 @pytest.mark.slow
 def test_dicom_infer_with_a_volume_run_writes_one_seg_per_series_equal_to_fanet_infer(tmp_path, capsys):
     """A 3-D run (trained on NIfTI volumes) given DICOM series: each valid series becomes one SEG holding exactly
@@ -160,28 +185,10 @@ def test_dicom_infer_with_a_volume_run_writes_one_seg_per_series_equal_to_fanet_
 
     from fanet_monai.cli import run
     from fanet_monai.data import make_volume_dataset
-    from fanet_monai.run import release_claims
 
     data = make_volume_dataset(tmp_path / "train", num_volumes=4, shape=(16, 16, 12), kind="blobs", num_classes=2,
                                seed=3)
-    root = tmp_path / "run"
-    tiny = ["--num_workers", "0", "--num_passes", "2", "--patch_size", "[16,16,16]", "--network_def#channels",
-            "[4,8,8,8]", "--num_classes", "2", "--label_names", '{"1": "Core", "2": "Rim"}']
-    assert run(["train", str(data), "--bundle_root", str(root), "--max_epochs", "1", "--batch_size", "2",
-                "--show_progress", "False", "--target_spacing", "[1.0,1.0,1.0]", *tiny]) == 0
-    release_claims()
-    # echo weights (class 1 where the fed mask is, background elsewhere): the masks vary in space, so a grid or
-    # orientation slip between the SEG and ``fanet infer`` would show
-    import torch
-
-    from fanet_monai import FANet
-
-    echo = FANet(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 8, 8))
-    with torch.no_grad():
-        echo.head.conv.weight.zero_()
-        echo.head.conv.weight[1, -1] = 20.0
-        echo.head.conv.bias.copy_(torch.tensor([0.0, -10.0, -30.0]))
-    torch.save(echo.state_dict(), root / "models" / "model.pt")
+    root = echo_volume_run(tmp_path, data)
     dicom = tmp_path / "dicom"
     hu = [(np.asarray(nib.load(p).dataobj) * 400 - 200).astype(np.int16)
           for p in sorted((data / "images").iterdir())[:2]]
@@ -264,3 +271,32 @@ def test_a_truncated_instance_or_a_series_too_large_for_memory_is_refused_before
     monkeypatch.setattr("fanet_monai.dicom.series.decode_frame", lambda ds: decoded.append(ds) or None)
     message = _fails(_write(tmp_path / "big", make_ct_series(_volume(seed=10))), "needs about .* GiB to refine")
     assert message.startswith("series ") and decoded == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CT.is_dir(), reason="needs ../shared/data/ct_dicom_series")
+def test_the_real_ct_series_gets_a_seg_and_a_volume_report(tmp_path):
+    """The real 20-slice CT (JPEG 2000, UIDs stripped): repaired from the file meta, segmented by a volume run, one
+    SEG referencing all 20 instances on the series' frame of reference and a report, both dciodvfy clean."""
+    import highdicom as hd
+    from dicom_support import dciodvfy_errors
+
+    from fanet_monai.cli import run
+    from fanet_monai.data import make_volume_dataset
+
+    root = echo_volume_run(tmp_path, make_volume_dataset(tmp_path / "train", num_volumes=4, shape=(16, 16, 12),
+                                                         kind="blobs", num_classes=2, seed=3))
+    out = tmp_path / "segs"
+    assert run(["dicom_infer", str(CT / "dicom"), str(out), "--bundle_root", str(root), "--num_workers", "0",
+                "--patch_size", "[128,128,20]", "--target_spacing", "[0.9765625,0.9765625,2.0]"]) == 0
+    segs, reports = sorted(out.glob("*.seg.dcm")), sorted(out.glob("*.sr.dcm"))
+    assert len(segs) == 1 and len(reports) == 1
+    if Path("/usr/bin/dciodvfy").exists():
+        assert dciodvfy_errors(segs[0]) == [] and dciodvfy_errors(reports[0]) == []
+    seg = hd.seg.segread(segs[0])
+    assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 20
+    volume = read_series(next(iter(find_series(CT / "dicom").values())))
+    assert seg.FrameOfReferenceUID == volume.datasets[0].FrameOfReferenceUID
+    stack = seg.get_pixels_by_source_instance(source_sop_instance_uids=[d.SOPInstanceUID for d in volume.datasets],
+                                              combine_segments=True, skip_overlap_checks=True)
+    assert stack.shape == (20, 512, 512) and 0.01 < (stack == 1).mean() < 0.99
