@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from fire.parser import DefaultParseValue
 
-from fanet_monai.cli.configs import config_ids, raw_config
+from fanet_monai.cli.configs import DATA_LAYERS, config_ids, raw_config
 
 __all__ = ["RANGES", "UsageError", "check_command_line", "check_value", "command_help", "overview", "parameters"]
 
@@ -110,21 +110,33 @@ def command_help(name: str, method: Callable) -> str:
     lines.append("  --debug True                print the traceback of an error")
     configs = getattr(method, "bundle_configs", None)
     if configs:
-        raw = raw_config(tuple(configs))
-        lines += ["", f"bundle options (ids of {', '.join(c + '.json' for c in configs)}; any id or sub-id such as "
-                      "--network_def#variant B3 can be set; '$...' defaults are computed):"]
+        own = tuple(c for c in configs if c not in DATA_LAYERS)
         shown = {p.name for p in named} | {"network", "run", "own_bundle_root"}  # internal wiring
-        for key, value in raw.items():
-            if key in shown or key.startswith("_") or key in ("imports", "+imports"):
-                continue
-            if isinstance(value, dict) and "_target_" in value and key == "network_def":
-                for sub, sub_value in value.items():
-                    lines.append(f"  --{key}#{sub:<{max(1, 23 - len(key))}} {_default_text(sub_value)}")
-            elif not isinstance(value, (dict, list)) or (isinstance(value, list) and len(json.dumps(value)) < 60):
-                lines.append(f"  --{key:<24} {_default_text(value)}")
+        lines += ["", f"bundle options (ids of {', '.join(c + '.json' for c in own)}; any id or sub-id such as "
+                      "--network_def#variant B3 can be set; '$...' defaults are computed):"]
+        lines += _config_lines(raw_config(own), shown)
+        for layer in (c for c in configs if c in DATA_LAYERS):
+            base = raw_config(own)
+            changed = {k: v for k, v in raw_config((layer,)).items() if base.get(k) != v}
+            lines += ["", f"{layer} options ({layer}.json, laid over the above when the data holds volumes; "
+                          "their values there):"]
+            lines += _config_lines(changed, shown)
     elif extra:
         lines += ["", "more options are passed through (see the description)."]
     return "\n".join(lines)
+
+
+def _config_lines(raw: dict, shown: set[str]) -> list[str]:
+    lines = []
+    for key, value in raw.items():
+        if key in shown or key.startswith("_") or key in ("imports", "+imports"):
+            continue
+        if isinstance(value, dict) and "_target_" in value and key == "network_def":
+            for sub, sub_value in value.items():
+                lines.append(f"  --{key}#{sub:<{max(1, 23 - len(key))}} {_default_text(sub_value)}")
+        elif not isinstance(value, (dict, list)) or (isinstance(value, list) and len(json.dumps(value)) < 60):
+            lines.append(f"  --{key:<24} {_default_text(value)}")
+    return lines
 
 
 def overview(description: str, commands: dict[str, Callable]) -> str:
