@@ -189,7 +189,6 @@ def package_bundle(
     label_name: str | None = None,
     torchscript: bool = True,
     layers: tuple[str, ...] = (),
-    label_names: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> Path:
     """Write the self-contained bundle folder ``out`` (see module doc) and return its path.
@@ -201,9 +200,9 @@ def package_bundle(
         label_name: name of the foreground label (``metadata.json`` ``channel_def``; MONAI Label shows it).
         torchscript: also write ``models/model.ts``.
         layers: data layers the run was trained with (``("volume",)``), merged into the packaged configs.
-        label_names: ``{code: name}`` of the run's classes (``run.json``), for ``metadata.json``'s ``channel_def``.
         overrides: config ids the run was trained with (``image_size``, ``network_def#channels``, ...), written
-            into every packaged config that has them, so the packaged ``network_def`` fits ``model.pt``.
+            into every packaged config that has them, so the packaged ``network_def`` fits ``model.pt``; its
+            ``label_names`` (``{code: name}``, the run's) also name the classes in ``metadata.json``.
 
     Raises:
         FileNotFoundError: ``bundle_root/models/model.pt`` does not exist.
@@ -216,7 +215,7 @@ def package_bundle(
         raise FileNotFoundError(f"{weights}: no trained network to package (train first, or pass --bundle_root RUN).")
     if out.resolve() == src_dir.resolve():
         raise ValueError(f"{out}: choose an output folder other than the source bundle.")
-    _write_configs(out, src_dir, overrides, label_name, tuple(layers), label_names)
+    _write_configs(out, src_dir, overrides, label_name, tuple(layers), overrides.get("label_names"))
     _copy_scripts(out, src_dir)
     parser = ConfigParser()
     parser.read_config(str(out / "configs" / "inference.json"))

@@ -52,7 +52,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("monailabel3d")
     app = download_app(python, tmp)
     bundle = package_bundle(app / "model" / "fanet3d", echo_run(tmp / "run"), layers=("volume",),
-                            label_names={"1": "tube"}, **SETTINGS)
+                            label_names={"1": "tube"}, **SETTINGS)  # a run's label names travel as a setting
     data = make_volume_dataset(tmp / "data", num_volumes=5, shape=(24, 20, 16), kind="tubes",
                                spacing=(1.0, 1.25, 1.5), seed=11)
     studies = tmp / "studies"

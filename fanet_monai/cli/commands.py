@@ -166,8 +166,7 @@ class FanetCLI:
         settings = (read_run(root) or {}).get("settings", {}) if root is not None else {}
         layers = data_layers(None, settings)
         overrides = with_run_settings("package", bundle_root, ("inference", *layers), overrides, bundle_dir)
-        path = package_bundle(out, bundle_root, bundle_dir, label_name, torchscript, layers=layers,
-                              label_names=settings.get("label_names"), **overrides)
+        path = package_bundle(out, bundle_root, bundle_dir, label_name, torchscript, layers=layers, **overrides)
         print(f"bundle written to {path}")
 
     @bundle_command("inference", "volume")
