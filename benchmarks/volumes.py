@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         items = [{"image": str(p), "label": str(data / "masks" / p.name)} for p in sorted((data / "images").iterdir())]
         args.datalist = work / "smoke.json"
         args.datalist.write_text(json.dumps({"labels": labels, "modality": {"0": "MR"}, "training": items}))
-        args.pairs, args.fold_size, args.epochs, args.patch, args.widths, args.passes = ["0:0", "1:0"], 2, 1, \
+        args.pairs, args.fold_size, args.epochs, args.patch, args.widths, args.passes = ["0:0"], 2, 1, \
             [32, 32, 32], [4, 8, 8, 8], 2
         args.budget = "both"
     elif args.datalist is None:
