@@ -16,7 +16,7 @@ refined. Three routes lead to the same inferer call, ``IterativeRefinementInfere
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,8 @@ from fanet_monai.data.readers import BitmapReader
 from fanet_monai.data.transforms import BinarizeLabeld
 from fanet_monai.label_server import RequestError
 
-__all__ = ["LoadStartLabeld", "StartMaskFromLabeld", "as_flag", "attach_start_masks", "datastore_label", "DATASTORE_LABELS"]
+__all__ = ["LoadStartLabeld", "StartMaskFromLabeld", "as_flag", "attach_start_masks", "datastore_label",
+           "DATASTORE_LABELS"]
 
 #: Where MONAI Label's local datastore keeps an image's final label, relative to the image's folder.
 DATASTORE_LABELS = os.path.join("labels", "final")
@@ -147,14 +148,18 @@ class StartMaskFromLabeld(MapTransform):
             array = array[None]
         return array, str(source) if source else f"the '{self.label_key}' array"
 
+    def _labels(self, d: dict) -> Iterator[tuple[Hashable, Any, str, Any, str]]:
+        """``(key, image, image name, label, label source)`` for every image key of ``d``."""
+        for key in self.key_iterator(d):
+            image = d[key]
+            name = str(image.meta.get(ImageMetaKey.FILENAME_OR_OBJ, "")) if isinstance(image, MetaTensor) else ""
+            yield (key, image, name, *self._label_for(d, image, name))
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         if not self.enabled:
             return d
-        for key in self.key_iterator(d):
-            image = d[key]
-            name = str(image.meta.get(ImageMetaKey.FILENAME_OR_OBJ, "")) if isinstance(image, MetaTensor) else ""
-            label, source = self._label_for(d, image, name)
+        for key, image, name, label, source in self._labels(d):
             mask = self._binarize({"mask": label})["mask"]
             mask = mask.as_tensor() if isinstance(mask, MetaTensor) else torch.as_tensor(mask)
             if tuple(mask.shape[1:]) != tuple(image.shape[1:]):
@@ -185,10 +190,7 @@ class LoadStartLabeld(StartMaskFromLabeld):
         d = dict(data)
         if not self.enabled:
             return d
-        for key in self.key_iterator(d):
-            image = d[key]
-            name = str(image.meta.get(ImageMetaKey.FILENAME_OR_OBJ, "")) if isinstance(image, MetaTensor) else ""
-            label, _ = self._label_for(d, image, name)
+        for _, image, _, label, _ in self._labels(d):
             if not isinstance(label, MetaTensor):
                 affine = image.affine if isinstance(image, MetaTensor) else None
                 label = MetaTensor(label, affine=affine)
