@@ -27,7 +27,6 @@ fi
 start=$(date +%s)
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
-[ -d /opt/pypi-more/files ] && pip+=(--find-links /opt/pypi-more/files)
 torch=("torch==2.14.1" "torchvision==0.29.1")
 "${pip[@]}" "${torch[@]}"
 "${pip[@]}" "${torch[@]}" "monai[nibabel,itk,skimage,ignite,fire,pillow,psutil,tqdm,tensorboard]==1.6.1" "scipy>=1.10" "matplotlib>=3.7"

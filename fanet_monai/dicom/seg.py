@@ -78,6 +78,22 @@ class SegSettings:
         """Series Description of this model version's SEG series (LO, at most 64 characters)."""
         return f"{self.series_description} {model.key}"[:64]
 
+    def equipment(self, model: ModelIdentity) -> dict:
+        """The SEG's equipment, series and content attributes for ``model`` (keyword arguments of highdicom's
+        ``Segmentation``), shared by the per-instance and the per-series SEG."""
+        return dict(series_number=self.series_number, manufacturer=self.manufacturer,
+                    manufacturer_model_name=self.algorithm_name,
+                    software_versions=f"{model.project} {model.project_version}",
+                    device_serial_number=model.weights_sha256[:16],
+                    series_description=self.series_description_for(model), content_label=self.content_label)
+
+    def algorithm(self, model: ModelIdentity, parameters: dict | None = None) -> hd.AlgorithmIdentificationSequence:
+        """Which algorithm made the segments: this model version, its weights' SHA-256 and ``parameters``."""
+        return hd.AlgorithmIdentificationSequence(
+            name=self.algorithm_name, family=codes.cid7162.ArtificialIntelligence,
+            version=f"{model.project} {model.project_version} bundle {model.bundle_version}"[:64],
+            source=model.project, parameters={"weights_sha256": model.weights_sha256, **(parameters or {})})
+
     def segment(self, number: int = 1) -> tuple[str, CodedConcept, CodedConcept, bool]:
         """``(label, category, type, coded)`` of segment ``number`` (class code ``number``), see the class doc."""
         key = str(number)
@@ -170,13 +186,7 @@ def build_segmentations(
         if mask.shape != (source.Rows, source.Columns):
             raise ValueError(f"mask shape {mask.shape} is not the source's (Rows, Columns) "
                              f"= ({source.Rows}, {source.Columns}).")
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=settings.algorithm_name,
-        family=codes.cid7162.ArtificialIntelligence,
-        version=f"{model.project} {model.project_version} bundle {model.bundle_version}"[:64],
-        source=model.project,
-        parameters={"weights_sha256": model.weights_sha256, **(parameters or {})},
-    )
+    algorithm = settings.algorithm(model, parameters)
     label, category, kind, coded = settings.segment(1)
     if not coded:
         logger.warning("SEG segment 1 %r: the model's run declares no codes for it; written with the local uncoded "
@@ -213,15 +223,9 @@ def build_segmentations(
             else hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[description],
             series_instance_uid=series_uid,
-            series_number=settings.series_number,
             sop_instance_uid=sop_uid,
             instance_number=int(source.get("InstanceNumber") or 1) if frame is None else frame + 1,
-            manufacturer=settings.manufacturer,
-            manufacturer_model_name=settings.algorithm_name,
-            software_versions=f"{model.project} {model.project_version}",
-            device_serial_number=model.weights_sha256[:16],
-            series_description=settings.series_description_for(model),
-            content_label=settings.content_label,
+            **settings.equipment(model),
             content_description=f"{label} segmentation by {settings.algorithm_name}"[:64],
             max_fractional_value=255,
             omit_empty_frames=False,

@@ -16,7 +16,6 @@ import logging
 
 import highdicom as hd
 import numpy as np
-from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from fanet_monai.dicom.predictor import ModelIdentity
@@ -50,10 +49,7 @@ def build_series_segmentation(volume: SeriesVolume, labels: np.ndarray, num_clas
     codes_found = np.unique(labels)
     if codes_found.min() < 0 or codes_found.max() > num_classes:
         raise ValueError(f"series {volume.series_uid}: label codes {codes_found.tolist()} outside 0..{num_classes}.")
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=settings.algorithm_name, family=codes.cid7162.ArtificialIntelligence,
-        version=f"{model.project} {model.project_version} bundle {model.bundle_version}"[:64],
-        source=model.project, parameters={"weights_sha256": model.weights_sha256, **(parameters or {})})
+    algorithm = settings.algorithm(model, parameters)
     descriptions = []
     for number in range(1, int(num_classes) + 1):
         label, category, kind, coded = settings.segment(number)
@@ -72,15 +68,9 @@ def build_series_segmentation(volume: SeriesVolume, labels: np.ndarray, num_clas
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=series_uid,
-        series_number=settings.series_number,
         sop_instance_uid=sop_uid,
         instance_number=1,
-        manufacturer=settings.manufacturer,
-        manufacturer_model_name=settings.algorithm_name,
-        software_versions=f"{model.project} {model.project_version}",
-        device_serial_number=model.weights_sha256[:16],
-        series_description=settings.series_description_for(model),
-        content_label=settings.content_label,
+        **settings.equipment(model),
         content_description=f"{settings.algorithm_name} segmentation of series {volume.series_uid}"[-64:],
         omit_empty_frames=True,
     )
