@@ -1,5 +1,5 @@
 """``python -m fanet_monai``: the ``fanet`` command line."""
 
-from fanet_monai.cli import main
+from fanet_monai.console import main
 
 main()

@@ -38,7 +38,7 @@ import torch
 from monai.bundle import ConfigParser, ckpt_export
 
 import fanet_monai
-from fanet_monai.bundle import BUNDLE_DIR
+from fanet_monai.bundle import packaged_bundle_dir
 
 __all__ = ["package_bundle", "SCRIPTS_IMPORT"]
 
@@ -151,7 +151,9 @@ def _copy_scripts(out: Path, bundle_dir: Path) -> None:
         shutil.rmtree(scripts)
     shutil.copytree(bundle_dir / "scripts", scripts, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     source = Path(fanet_monai.__file__).resolve().parent
-    shutil.copytree(source, scripts / "fanet_monai", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # an installed wheel holds the bundle itself as fanet_monai/packaged_bundle: the package's code only
+    shutil.copytree(source, scripts / "fanet_monai",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "packaged_bundle"))
 
 
 @contextmanager
@@ -209,7 +211,7 @@ def package_bundle(
         ValueError: an override matches no config id, or ``model.pt`` does not fit the packaged ``network_def``
             (pass the training run's network overrides).
     """
-    out, src_dir = Path(out), Path(bundle_dir) if bundle_dir else BUNDLE_DIR
+    out, src_dir = Path(out), Path(bundle_dir) if bundle_dir else packaged_bundle_dir()
     weights = Path(bundle_root) / "models" / "model.pt"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no trained network to package (train first, or pass --bundle_root RUN).")

@@ -1,8 +1,9 @@
-"""The native-resolution and volume benchmarks run every step at tiny sizes (their ``--smoke`` modes) and report
-what they measured; the tables in the README come from the same code at full size."""
+"""The native-resolution, volume and ONNX Runtime benchmarks run every step at tiny sizes (their ``--smoke``
+modes) and report what they measured; the tables in the README come from the same code at full size."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -35,3 +36,16 @@ def test_volume_benchmark_smoke_trains_every_network_at_equal_epochs_and_time(tm
     assert {"dice_class_1", "dice_class_2", "hd95_class_1", "hd95_class_2"} <= set(fanet["rows"][0])
     assert "### equal epochs" in capsys.readouterr().out
     assert json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[0])["fold"] == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed")
+def test_onnx_runtime_benchmark_smoke_times_both_engines_on_the_same_masks(capsys):
+    from benchmarks import onnx_runtime
+
+    rows = onnx_runtime.main(["--smoke"])
+    assert [r["input"] for r in rows] == ["32² RGB image", "16³ patch"]
+    for row in rows:
+        assert row["eager"] > 0 and row["onnxruntime"] > 0
+        assert row["ratio"] == pytest.approx(row["onnxruntime"] / row["eager"])
+        assert row["max_logit_diff"] < 1e-4 and row["mask_agreement"] == 1.0
+    assert "| onnxruntime / eager |" in capsys.readouterr().out

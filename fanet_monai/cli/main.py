@@ -103,13 +103,17 @@ def run(argv: Iterable[str] | None = None) -> int:
         print(f"fanet: unknown command {name!r}{hint}; commands: {', '.join(known)}.", file=sys.stderr)
         return EXIT_INPUT
     method = known[name]
-    if "--help" in rest or "-h" in rest:
-        print(command_help(name, method))
-        return 0
-    try:
+    try:  # the help and the option checks read the bundle's configs: a missing bundle is an input error here too
+        if "--help" in rest or "-h" in rest:
+            print(command_help(name, method))
+            return 0
         check_command_line(name, method, rest)
     except UsageError as error:
         print(f"fanet {name}: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    except INPUT_ERRORS as error:
+        print(redact(f"fanet {name}: error: {error}"), file=sys.stderr)
+        print("  (nothing was run)", file=sys.stderr)
         return EXIT_INPUT
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     log = LogFile(name, _bundle_root_arg(method, rest), args, stamp)

@@ -20,6 +20,8 @@ from typing import Any, Callable, Sequence
 from fire.parser import DefaultParseValue
 
 from fanet_monai.cli.configs import DATA_LAYERS, config_ids, raw_config
+from fanet_monai.errors import InputError
+from fanet_monai.networks.onnx_runtime import check_runtime
 
 __all__ = ["RANGES", "UsageError", "check_command_line", "check_value", "command_help", "overview", "parameters"]
 
@@ -196,6 +198,12 @@ def check_value(option: str, value: Any, default: Any) -> None:
     """
     rule = RANGES.get(option)
     hint = f" (default {_default_text(default, 40)})"
+    if option == "runtime":  # the engine, and whether its packages are installed
+        try:
+            check_runtime(value)
+        except InputError as error:
+            raise UsageError(f"--runtime {value!r}: {error}") from None
+        return
     if value is None and (rule is None or rule.none or default is None):
         return
     computed = default is None or (isinstance(default, str) and default.startswith(("$", "@")))
