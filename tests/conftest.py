@@ -58,3 +58,15 @@ def tiny_bundle_root(tmp_path_factory) -> Path:
     from dicom_support import train_tiny_bundle
 
     return train_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle"))
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    """A real Orthanc with DICOMweb on loopback (:class:`dicom_support.OrthancServer`), stopped after the test; tests
+    that use it skip when Orthanc is not installed (their ``needs_orthanc`` mark)."""
+    from dicom_support import OrthancServer
+
+    server = OrthancServer(tmp_path / "orthanc")
+    server.start()
+    yield server
+    server.stop()

@@ -142,3 +142,28 @@ class OrthancServer:
         found = client.search_for_instances(search_filters={"Modality": "SEG"})
         return [client.retrieve_instance(r["0020000D"]["Value"][0], r["0020000E"]["Value"][0],
                                          r["00080018"]["Value"][0]) for r in found]
+
+
+def echo_volume_run(tmp_path: Path, data: Path) -> Path:
+    """A 3-D run (1 epoch on ``data``, classes Core/Rim, recorded like any run) whose ``model.pt`` is then replaced by
+    echo weights (class 1 where the fed mask is, background elsewhere): masks that vary in space, so a grid or
+    orientation slip between a SEG and ``fanet infer`` would show."""
+    import torch
+
+    from fanet_monai import FANet
+    from fanet_monai.cli import run
+    from fanet_monai.run import release_claims
+
+    root = tmp_path / "run"
+    tiny = ["--num_workers", "0", "--num_passes", "2", "--patch_size", "[16,16,16]", "--network_def#channels",
+            "[4,8,8,8]", "--num_classes", "2", "--label_names", '{"1": "Core", "2": "Rim"}']
+    assert run(["train", str(data), "--bundle_root", str(root), "--max_epochs", "1", "--batch_size", "2",
+                "--show_progress", "False", "--target_spacing", "[1.0,1.0,1.0]", *tiny]) == 0
+    release_claims()
+    echo = FANet(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 8, 8))
+    with torch.no_grad():
+        echo.head.conv.weight.zero_()
+        echo.head.conv.weight[1, -1] = 20.0
+        echo.head.conv.bias.copy_(torch.tensor([0.0, -10.0, -30.0]))
+    torch.save(echo.state_dict(), root / "models" / "model.pt")
+    return root

@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from dicom_support import echo_volume_run
 from fanet_monai.dicom.samples import make_ct_series, save
 from fanet_monai.dicom.series import SeriesError, find_series, read_series
 
@@ -149,31 +150,6 @@ def test_one_seg_per_series_with_a_segment_per_class_reads_back_voxel_for_voxel(
     assert np.array_equal(np.transpose(stack, (2, 1, 0)), labels)
     with pytest.raises(ValueError, match="not on the series' grid"):
         build_series_segmentation(volume, labels[:-1], 2, MODEL, settings)
-
-
-def echo_volume_run(tmp_path: Path, data: Path) -> Path:
-    """A 3-D run (1 epoch on ``data``, classes Core/Rim, recorded like any run) whose ``model.pt`` is then replaced by
-    echo weights (class 1 where the fed mask is, background elsewhere): masks that vary in space, so a grid or
-    orientation slip between a SEG and ``fanet infer`` would show."""
-    import torch
-
-    from fanet_monai import FANet
-    from fanet_monai.cli import run
-    from fanet_monai.run import release_claims
-
-    root = tmp_path / "run"
-    tiny = ["--num_workers", "0", "--num_passes", "2", "--patch_size", "[16,16,16]", "--network_def#channels",
-            "[4,8,8,8]", "--num_classes", "2", "--label_names", '{"1": "Core", "2": "Rim"}']
-    assert run(["train", str(data), "--bundle_root", str(root), "--max_epochs", "1", "--batch_size", "2",
-                "--show_progress", "False", "--target_spacing", "[1.0,1.0,1.0]", *tiny]) == 0
-    release_claims()
-    echo = FANet(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 8, 8))
-    with torch.no_grad():
-        echo.head.conv.weight.zero_()
-        echo.head.conv.weight[1, -1] = 20.0
-        echo.head.conv.bias.copy_(torch.tensor([0.0, -10.0, -30.0]))
-    torch.save(echo.state_dict(), root / "models" / "model.pt")
-    return root
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from dicom_support import (DCIODVFY, DICOMWEB_PLUGIN, INFER, ORTHANC, ORTHANC_PASSWORD, ORTHANC_USER,
-                           OrthancServer, dciodvfy_errors, fanet_infer_png, smooth_rgb)
+                           dciodvfy_errors, fanet_infer_png, smooth_rgb)
 from fanet_monai.cli import FanetCLI, run
 from fanet_monai.data import make_volume_dataset
 from fanet_monai.dicom.pacs import ENV_PASSWORD, ENV_TOKEN, ENV_USERNAME
@@ -151,24 +151,19 @@ def test_fanet_infer_on_volumes_with_onnx_runtime_equals_pytorch(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(ORTHANC is None or not DICOMWEB_PLUGIN.is_file(),
                     reason="Orthanc or its DICOMweb plugin is not installed (.ci/run installs them, as root)")
-def test_pacs_on_onnx_runtime_stores_the_pytorch_segmentation(tmp_path, tiny_bundle_root, monkeypatch):
-    server = OrthancServer(tmp_path / "orthanc")
-    server.start()
-    try:
-        monkeypatch.setenv(ENV_USERNAME, ORTHANC_USER)
-        monkeypatch.setenv(ENV_PASSWORD, ORTHANC_PASSWORD)
-        monkeypatch.delenv(ENV_TOKEN, raising=False)
-        rgb = smooth_rgb(50, 62, 1)
-        server.upload(save(make_source(rgb, "ES"), tmp_path / "es.dcm"))
-        args = ["pacs", "--url", server.dicomweb, "--bundle_root", str(tiny_bundle_root), "--runtime", "onnxruntime",
-                *[f"--{k}={v}".replace(" ", "") for k, v in INFER.items()]]
-        with pytest.raises(SystemExit) as done:
-            fire.Fire(FanetCLI, command=args)
-        assert done.value.code == 0
-        (seg,) = server.seg_instances()
-        seg.save_as(tmp_path / "es.seg.dcm")
-        expected = fanet_infer_png(tiny_bundle_root, {"es": rgb}, tmp_path / "infer")["es"]
-        stored = hd.seg.segread(tmp_path / "es.seg.dcm").pixel_array.reshape(expected.shape).astype(bool)
-        assert np.array_equal(stored, expected)
-    finally:
-        server.stop()
+def test_pacs_on_onnx_runtime_stores_the_pytorch_segmentation(orthanc, tmp_path, tiny_bundle_root, monkeypatch):
+    monkeypatch.setenv(ENV_USERNAME, ORTHANC_USER)
+    monkeypatch.setenv(ENV_PASSWORD, ORTHANC_PASSWORD)
+    monkeypatch.delenv(ENV_TOKEN, raising=False)
+    rgb = smooth_rgb(50, 62, 1)
+    orthanc.upload(save(make_source(rgb, "ES"), tmp_path / "es.dcm"))
+    args = ["pacs", "--url", orthanc.dicomweb, "--bundle_root", str(tiny_bundle_root), "--runtime", "onnxruntime",
+            *[f"--{k}={v}".replace(" ", "") for k, v in INFER.items()]]
+    with pytest.raises(SystemExit) as done:
+        fire.Fire(FanetCLI, command=args)
+    assert done.value.code == 0
+    (seg,) = orthanc.seg_instances()
+    seg.save_as(tmp_path / "es.seg.dcm")
+    expected = fanet_infer_png(tiny_bundle_root, {"es": rgb}, tmp_path / "infer")["es"]
+    stored = hd.seg.segread(tmp_path / "es.seg.dcm").pixel_array.reshape(expected.shape).astype(bool)
+    assert np.array_equal(stored, expected)

@@ -36,14 +36,6 @@ needs_orthanc = pytest.mark.skipif(
 CREDENTIALS = {"username": ORTHANC_USER, "password": ORTHANC_PASSWORD}
 
 
-@pytest.fixture
-def orthanc(tmp_path):
-    server = OrthancServer(tmp_path / "orthanc")
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(scope="module")
 def predictor(tiny_bundle_root):
     from fanet_monai.dicom.predictor import BundlePredictor

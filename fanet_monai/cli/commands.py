@@ -193,23 +193,28 @@ class FanetCLI:
         if summary.failed:
             raise SystemExit(EXIT_PARTIAL)
 
-    @bundle_command("inference")
+    @bundle_command("inference", "volume")
     def pacs(self, url: str, bundle_root: str = ".", bundle_dir: str | None = None, watch: bool = False,
              interval: float = 10.0, credentials: str | None = None, fractional: bool = False, retries: int = 5,
-             backoff: float = 0.5, **overrides: Any):
+             backoff: float = 0.5, series_stable_for: float = 60.0, **overrides: Any):
         """Segment the PACS's images over DICOMweb (``--url http://host:port/dicom-web``), storing DICOM SEGs.
 
         QIDO finds instances of the configured modalities without a SEG from this model version, WADO-RS fetches,
-        STOW-RS stores the SEG. ``--watch`` polls every ``--interval`` s until SIGINT/SIGTERM. Credentials:
+        STOW-RS stores the SEG. A run trained on volumes works per CT/MR series: a series is taken once its
+        instance count has not changed for ``--series_stable_for`` s, and its SEG and volume report (SR) are stored
+        together. ``--watch`` polls every ``--interval`` s until SIGINT/SIGTERM. Credentials:
         FANET_PACS_USERNAME / FANET_PACS_PASSWORD or FANET_PACS_TOKEN, or ``--credentials FILE`` (JSON). Exit code
         3 if a source failed, 2 if the PACS stayed unreachable after ``--retries``."""
         from fanet_monai.dicom.pacs import run_pacs
 
         log_to_console()
-        overrides = with_run_settings("pacs", bundle_root, ("inference",), overrides, bundle_dir)
+        layers = _layers("pacs", None, bundle_root)
+        overrides = with_run_settings("pacs", bundle_root, ("inference", *layers), overrides, bundle_dir)
+        if "volume" in layers and fractional:
+            raise InputError("--fractional is for 2-D instances; a volume run writes one binary SEG per series.")
         raise SystemExit(run_pacs(url, bundle_root, bundle_dir, watch=watch, interval=interval,
                                   credentials=credentials, fractional=fractional, retries=retries, backoff=backoff,
-                                  **overrides))
+                                  series="volume" in layers, series_stable_for=series_stable_for, **overrides))
 
     @bundle_command("train", "evaluate")
     def ablation(self, dataset_dir: str, b1: str, b3: str, b4: str, output_dir: str = "ablation",

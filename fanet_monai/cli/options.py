@@ -79,6 +79,7 @@ RANGES: dict[str, Range] = {
     "patch_size": Range("ints", 1),
     "patches_per_image": Range("int", 1),
     "min_object_size": Range("int", 0),
+    "series_stable_for": Range("number", 0),
 }
 
 

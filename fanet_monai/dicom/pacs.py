@@ -38,7 +38,7 @@ from fanet_monai.dicom.reader import SourceError, check_source, read_header
 from fanet_monai.dicom.seg import SegSettings, seg_uids
 from fanet_monai.errors import EXIT_PARTIAL
 
-__all__ = ["PacsUnavailable", "PacsSegmenter", "connect", "load_credentials", "run_pacs"]
+__all__ = ["PacsPoller", "PacsUnavailable", "PacsSegmenter", "connect", "load_credentials", "run_pacs"]
 
 logger = logging.getLogger("fanet_monai.dicom.pacs")
 
@@ -124,7 +124,31 @@ def _uid(result: dict, keyword_tag: str) -> str | None:
     return str(values[0]) if values else None
 
 
-class PacsSegmenter:
+class PacsPoller:
+    """What every PACS job shares: :meth:`run_once` does what is missing (a :class:`Summary`), :meth:`watch` calls
+    it every ``interval`` seconds until stopped."""
+
+    def run_once(self, stop: threading.Event | None = None) -> Summary:
+        raise NotImplementedError
+
+    def watch(self, interval: float = 10.0, stop: threading.Event | None = None) -> int:
+        """Poll every ``interval`` seconds until ``stop`` is set (SIGINT/SIGTERM set it when called from the main
+        thread). Returns ``EXIT_PARTIAL`` (3) if any source failed during the session, else 0; an unreachable PACS is
+        logged and retried at the next poll; a source rejected for its content is reported once, not at every poll."""
+        stop = stop or threading.Event()
+        failed = False
+        with _stop_on_signals(stop):
+            while not stop.is_set():
+                try:
+                    failed |= bool(self.run_once(stop).failed)
+                except PacsUnavailable as error:
+                    logger.error("%s; polling again in %.0f s", error, interval)
+                stop.wait(interval)
+        logger.info("watch stopped")
+        return EXIT_PARTIAL if failed else 0
+
+
+class PacsSegmenter(PacsPoller):
     """One PACS, one bundle: :meth:`run_once` segments what is missing, :meth:`watch` polls until stopped.
 
     Args:
@@ -234,23 +258,6 @@ class PacsSegmenter:
                     len(summary.failed))
         return summary
 
-    def watch(self, interval: float = 10.0, stop: threading.Event | None = None) -> int:
-        """Poll every ``interval`` seconds until ``stop`` is set (SIGINT/SIGTERM set it when called from the main
-        thread). Returns ``EXIT_PARTIAL`` (3) if any source failed during the session, else 0; an unreachable PACS is
-        logged and retried at the next poll; a source rejected for its content is reported once, not at every poll."""
-        stop = stop or threading.Event()
-        failed = False
-        with _stop_on_signals(stop):
-            while not stop.is_set():
-                try:
-                    failed |= bool(self.run_once(stop).failed)
-                except PacsUnavailable as error:
-                    logger.error("%s; polling again in %.0f s", error, interval)
-                stop.wait(interval)
-        logger.info("watch stopped")
-        return EXIT_PARTIAL if failed else 0
-
-
 @contextmanager
 def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """SIGINT/SIGTERM set ``stop`` (the current instance finishes, nothing half-stored); main thread only."""
@@ -272,12 +279,20 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 def run_pacs(url: str, bundle_root: str = ".", bundle_dir: str | None = None, watch: bool = False,
              interval: float = 10.0, credentials: str | None = None, fractional: bool = False, retries: int = 5,
-             backoff: float = 0.5, **overrides: Any) -> int:
+             backoff: float = 0.5, series: bool = False, series_stable_for: float = 60.0, **overrides: Any) -> int:
     """``fanet pacs``: returns the exit code — 0 all done, 3 some source failed (``EXIT_PARTIAL``), 2 PACS
-    unavailable."""
+    unavailable. ``series``: a volume run, one SEG + volume report per CT/MR series
+    (:mod:`fanet_monai.dicom.pacs_series`); else one SEG per 2-D instance."""
     client = connect(url, load_credentials(credentials), retries, backoff)
     logger.info("PACS %s (DICOMweb), bundle root %s", url, bundle_root)
-    segmenter = PacsSegmenter(client, BundlePredictor(bundle_root, bundle_dir, **overrides), fractional=fractional)
+    segmenter: PacsPoller
+    if series:
+        from fanet_monai.dicom.pacs_series import run_pacs_series
+
+        segmenter = run_pacs_series(client, bundle_root, bundle_dir, watch, interval, series_stable_for, **overrides)
+    else:
+        segmenter = PacsSegmenter(client, BundlePredictor(bundle_root, bundle_dir, **overrides),
+                                  fractional=fractional)
     if watch:
         return segmenter.watch(interval)
     try:

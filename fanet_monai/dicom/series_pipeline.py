@@ -14,9 +14,11 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
 
@@ -27,23 +29,68 @@ from fanet_monai.dicom.pipeline import Summary, write_atomic
 from fanet_monai.dicom.predictor import ModelIdentity, sha256_of
 from fanet_monai.dicom.reader import SourceError
 from fanet_monai.dicom.seg import SegSettings
-from fanet_monai.dicom.series import SeriesError, find_series, read_series
+from fanet_monai.dicom.series import SeriesError, SeriesVolume, find_series, read_series
 from fanet_monai.dicom.series_seg import build_series_segmentation
 from fanet_monai.dicom.sr import build_volume_report, segment_volumes
 from fanet_monai.io import atomic_write
 from fanet_monai.errors import InputError
 
-__all__ = ["dicom_infer_series"]
+__all__ = ["SeriesResult", "dicom_infer_series", "model_identity", "segment_series"]
 
 logger = logging.getLogger(__name__)
 
 
-def _model(bundle_root: Path, bundle_dir: str | None, ckpt_path: str | None) -> ModelIdentity:
+def model_identity(bundle_root: Path, bundle_dir: str | None, ckpt_path: str | None) -> ModelIdentity:
     weights = Path(ckpt_path) if ckpt_path else bundle_root / "models" / "model.pt"
     if not weights.is_file():
         raise InputError(f"{weights}: no trained network (train first, or pass --bundle_root RUN).")
     meta = json.loads((Path(bundle_configs("metadata", bundle_dir=bundle_dir)[0])).read_text())
     return ModelIdentity("fanet-monai", __version__, str(meta.get("version", "0")), sha256_of(weights))
+
+
+@dataclass
+class SeriesResult:
+    """What one series gives: its SEG, its volume report (SR) and the measured volumes (one row per segment)."""
+
+    volume: SeriesVolume
+    seg: hd.seg.Segmentation
+    report: hd.sr.Comprehensive3DSR
+    measured: list[dict]
+    model: ModelIdentity
+
+    def summary(self) -> dict:
+        """The report's numbers as JSON (``<Series Instance UID>.volumes.json``)."""
+        return {"series_instance_uid": self.volume.series_uid, "seg_sop_instance_uid": self.seg.SOPInstanceUID,
+                "sr_sop_instance_uid": self.report.SOPInstanceUID, "model": self.model.key,
+                "voxel_mm": list(self.volume.spacing), "segments": self.measured}
+
+
+def segment_series(volumes: Mapping[str, SeriesVolume], model: ModelIdentity, bundle_root: str = ".",
+                   bundle_dir: str | None = None, **overrides: Any) -> dict[str, SeriesResult]:
+    """Segment the series ``volumes`` (Series Instance UID → volume) with the bundle's ``inference.json`` +
+    ``volume.json`` in one run (each exported to NIfTI with its grid: exactly ``fanet infer`` on those files), and
+    build each one's SEG and volume report."""
+    settings = SegSettings(label_names=overrides.get("label_names"), label_codes=overrides.get("label_codes"))
+    num_classes = int(overrides.get("num_classes", 1))
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="fanet-series-") as work:
+        images, masks = Path(work) / "images", Path(work) / "masks"
+        images.mkdir()
+        for uid, volume in volumes.items():
+            nib.save(nib.Nifti1Image(volume.array, volume.affine), images / f"{uid}.nii.gz")
+        logger.info("segmenting %d series with the volume bundle", len(volumes))
+        run_workflow(bundle_configs("inference", "volume", bundle_dir=bundle_dir), "run", dataset_dir=str(images),
+                     output_dir=str(masks), bundle_root=str(bundle_root), **overrides)
+        for uid, volume in volumes.items():
+            labels = np.asarray(nib.load(masks / f"{uid}.nii.gz").dataobj)
+            seg = build_series_segmentation(volume, labels, num_classes, model, settings,
+                                            parameters={"num_passes": overrides.get("num_passes", 3)})
+            measured = segment_volumes(volume, labels, num_classes, settings)
+            report = build_volume_report(volume, seg, measured, model, settings)
+            results[uid] = SeriesResult(volume, seg, report, measured, model)
+            logger.info("SEG and volume report made for series %s (%d instances): %s", uid, len(volume.datasets),
+                        ", ".join(f"{r['label']} {r['volume_ml']} mL" for r in measured))
+    return results
 
 
 def dicom_infer_series(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, bundle_root: str = ".",
@@ -63,7 +110,7 @@ def dicom_infer_series(inputs: Sequence[str | os.PathLike], output_dir: str | os
     if not series:
         raise InputError(f"{', '.join(str(i) for i in inputs)}: no DICOM series found; give a folder holding the "
                          "instances of CT/MR series (searched recursively).")
-    model = _model(Path(bundle_root), bundle_dir, overrides.get("ckpt_path"))
+    model = model_identity(Path(bundle_root), bundle_dir, overrides.get("ckpt_path"))
     volumes = {}
     for uid, instances in series.items():
         try:
@@ -75,30 +122,11 @@ def dicom_infer_series(inputs: Sequence[str | os.PathLike], output_dir: str | os
             summary.note(f"series {uid}: {note}")
     if not volumes:
         return summary
-    settings = SegSettings(label_names=overrides.get("label_names"), label_codes=overrides.get("label_codes"))
-    num_classes = int(overrides.get("num_classes", 1))
-    with tempfile.TemporaryDirectory(prefix="fanet-series-") as work:
-        images, masks = Path(work) / "images", Path(work) / "masks"
-        images.mkdir()
-        for uid, volume in volumes.items():
-            nib.save(nib.Nifti1Image(volume.array, volume.affine), images / f"{uid}.nii.gz")
-        logger.info("segmenting %d series with the volume bundle", len(volumes))
-        run_workflow(bundle_configs("inference", "volume", bundle_dir=bundle_dir), "run", dataset_dir=str(images),
-                     output_dir=str(masks), bundle_root=str(bundle_root), **overrides)
-        for uid, volume in volumes.items():
-            labels = np.asarray(nib.load(masks / f"{uid}.nii.gz").dataobj)
-            seg = build_series_segmentation(volume, labels, num_classes, model, settings,
-                                            parameters={"num_passes": overrides.get("num_passes", 3)})
-            measured = segment_volumes(volume, labels, num_classes, settings)
-            report = build_volume_report(volume, seg, measured, model, settings)
-            write_atomic(seg, out / f"{uid}.seg.dcm")
-            write_atomic(report, out / f"{uid}.sr.dcm")
-            with atomic_write(out / f"{uid}.volumes.json", "w") as f:
-                json.dump({"series_instance_uid": uid, "seg_sop_instance_uid": seg.SOPInstanceUID,
-                           "sr_sop_instance_uid": report.SOPInstanceUID, "model": model.key,
-                           "voxel_mm": list(volume.spacing), "segments": measured}, f, indent=1)
-            summary.done += 1
-            summary.segs += 1
-            logger.info("SEG and volume report written for series %s (%d instances): %s", uid, len(volume.datasets),
-                        ", ".join(f"{r['label']} {r['volume_ml']} mL" for r in measured))
+    for uid, result in segment_series(volumes, model, bundle_root, bundle_dir, **overrides).items():
+        write_atomic(result.seg, out / f"{uid}.seg.dcm")
+        write_atomic(result.report, out / f"{uid}.sr.dcm")
+        with atomic_write(out / f"{uid}.volumes.json", "w") as f:
+            json.dump(result.summary(), f, indent=1)
+        summary.done += 1
+        summary.segs += 1
     return summary

@@ -22,7 +22,7 @@ from fanet_monai.dicom.predictor import ModelIdentity
 from fanet_monai.dicom.seg import UNCODED_SCHEME, SegSettings
 from fanet_monai.dicom.series import SeriesVolume
 
-__all__ = ["build_series_segmentation", "series_seg_uids"]
+__all__ = ["build_series_segmentation", "series_seg_sop_uid", "series_seg_uids"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,12 @@ def series_seg_uids(volume: SeriesVolume, model: ModelIdentity) -> tuple[str, st
     source = volume.datasets[0]
     series = generate_uid(entropy_srcs=["fanet-series-seg-series", str(source.StudyInstanceUID), volume.series_uid,
                                         model.key])
-    return series, generate_uid(entropy_srcs=["fanet-series-seg", volume.series_uid, model.key])
+    return series, series_seg_sop_uid(volume.series_uid, model)
+
+
+def series_seg_sop_uid(series_uid: str, model: ModelIdentity) -> str:
+    """The SOP Instance UID of the SEG of the series ``series_uid`` by ``model`` (see :func:`series_seg_uids`)."""
+    return generate_uid(entropy_srcs=["fanet-series-seg", series_uid, model.key])
 
 
 def build_series_segmentation(volume: SeriesVolume, labels: np.ndarray, num_classes: int, model: ModelIdentity,

@@ -21,7 +21,7 @@ from fanet_monai.dicom.predictor import ModelIdentity
 from fanet_monai.dicom.seg import SegSettings
 from fanet_monai.dicom.series import SeriesVolume
 
-__all__ = ["MILLILITER", "build_volume_report", "segment_volumes"]
+__all__ = ["MILLILITER", "build_volume_report", "segment_volumes", "volume_report_uid"]
 
 #: UCUM millilitre
 MILLILITER = CodedConcept("mL", "UCUM", "milliliter")
@@ -38,6 +38,12 @@ def segment_volumes(volume: SeriesVolume, labels: np.ndarray, num_classes: int,
         rows.append({"segment": k, "label": settings.segment(k)[0], "voxels": count,
                      "volume_ml": round(count * voxel_ml, 4)})
     return rows
+
+
+def volume_report_uid(series_uid: str, model: ModelIdentity) -> str:
+    """The SOP Instance UID of the volume report of the series ``series_uid`` by ``model``: deterministic, so
+    storing a report twice is a no-op in a PACS and a PACS can be asked whether it holds it."""
+    return generate_uid(entropy_srcs=["fanet-sr", series_uid, model.key])
 
 
 def build_volume_report(volume: SeriesVolume, seg: Dataset, volumes: list[dict], model: ModelIdentity,
@@ -71,5 +77,5 @@ def build_volume_report(volume: SeriesVolume, seg: Dataset, volumes: list[dict],
         evidence=[seg, *volume.datasets], content=report,
         series_instance_uid=generate_uid(entropy_srcs=["fanet-sr-series", volume.series_uid, model.key]),
         series_number=settings.series_number + 1,
-        sop_instance_uid=generate_uid(entropy_srcs=["fanet-sr", volume.series_uid, model.key]),
+        sop_instance_uid=volume_report_uid(volume.series_uid, model),
         instance_number=1, manufacturer=settings.manufacturer, is_complete=True, is_final=False, is_verified=False)
