@@ -114,16 +114,20 @@ def download_app(python: str, tmp: Path) -> Path:
 
 
 @contextmanager
-def running_server(python: str, tmp: Path, model: str) -> Iterator[tuple[str, Path]]:
-    """A MONAI Label server for ``tmp/apps/monaibundle`` with the bundle ``model``, studies in ``tmp/studies``, on a
-    free loopback port; yields ``(url, log file)`` once ``/info/`` answers, and stops it afterwards."""
+def running_server(python: str, tmp: Path, model: str, studies: str = "studies",
+                   env: dict | None = None) -> Iterator[tuple[str, Path]]:
+    """A MONAI Label server for ``tmp/apps/monaibundle`` with the bundle ``model``, studies in ``tmp/studies`` (or a
+    DICOMweb URL), on a free loopback port, its environment's ``bin`` on ``PATH`` (dcmqi's tools) and ``env`` added;
+    yields ``(url, log file)`` once ``/info/`` answers, and stops it afterwards."""
     port = free_port()
     log = open(tmp / "server.log", "w")
+    environment = clean_env()
+    environment["PATH"] = f"{Path(python).parent}{os.pathsep}{environment.get('PATH', '')}"
     proc = subprocess.Popen(
-        [python, "-m", "monailabel.main", "start_server", "--app", "apps/monaibundle", "--studies", "studies",
+        [python, "-m", "monailabel.main", "start_server", "--app", "apps/monaibundle", "--studies", studies,
          "--conf", "models", model, "--conf", "zoo_source", "local", "--conf", "sam2", "false",
          "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp, env=clean_env(), stdout=log, stderr=subprocess.STDOUT,
+        cwd=tmp, env={**environment, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     up = time.time()
