@@ -152,6 +152,51 @@ def test_one_seg_per_series_with_a_segment_per_class_reads_back_voxel_for_voxel(
         build_series_segmentation(volume, labels[:-1], 2, MODEL, settings)
 
 
+@pytest.mark.parametrize("modality", ["CT", "MR"])
+def test_an_enhanced_multi_frame_series_is_the_same_volume_and_gets_a_seg_on_its_frames(tmp_path, modality):
+    """A Legacy Converted Enhanced CT/MR instance (frames stored out of slice order, geometry and rescaling in the
+    functional groups) reads as the same volume as its single-frame series; its SEG pairs each frame with the
+    source frame it segments, dciodvfy clean, and its volume report is valid."""
+    import highdicom as hd
+    from dicom_support import dciodvfy_errors
+    from test_dicom import MODEL
+
+    from fanet_monai.dicom.samples import make_enhanced_series
+    from fanet_monai.dicom.seg import SegSettings
+    from fanet_monai.dicom.series_seg import build_series_segmentation
+    from fanet_monai.dicom.sr import build_volume_report, segment_volumes
+
+    single = make_ct_series(_volume(shape=(16, 14, 8), seed=4), spacing=(0.8, 0.7, 2.0),
+                            orientation=(0, 1, 0, 0, 0, -1))
+    reference = _only(_write(tmp_path / "single", single))
+    enhanced = make_enhanced_series(single, modality)
+    assert int(enhanced.NumberOfFrames) == 8 and enhanced.Modality == modality
+    volume = _only(_write(tmp_path / "enhanced", [enhanced]))
+    assert np.array_equal(volume.array, reference.array) and np.allclose(volume.affine, reference.affine)
+    assert len(volume.datasets) == 1 and sorted(volume.frames) == list(range(8))
+
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[2:9, 3:10, 1:4] = 1
+    settings = SegSettings(label_names={"1": "Lesion"})
+    seg = build_series_segmentation(volume, labels, 1, MODEL, settings)
+    seg.save_as(tmp_path / "seg.dcm")
+    report = build_volume_report(volume, seg, segment_volumes(volume, labels, 1, settings), MODEL, settings)
+    report.save_as(tmp_path / "sr.dcm")
+    if Path("/usr/bin/dciodvfy").exists():
+        assert dciodvfy_errors(tmp_path / "seg.dcm") == [] and dciodvfy_errors(tmp_path / "sr.dcm") == []
+    back = hd.seg.segread(tmp_path / "seg.dcm")
+    assert int(back.NumberOfFrames) == 3  # slices 1-3 hold the label
+    by_frame = back.get_pixels_by_source_frame(
+        source_sop_instance_uid=enhanced.SOPInstanceUID, source_frame_numbers=list(range(1, 9)),
+        combine_segments=True, skip_overlap_checks=True, assert_missing_frames_are_empty=True)  # (frames, rows, cols)
+    for slice_index, frame in enumerate(volume.frames):
+        assert np.array_equal(by_frame[frame].T, labels[:, :, slice_index]), (slice_index, frame)
+
+    for ds in single[:3]:  # the same series UID: one series of mixed instance types
+        ds.SeriesInstanceUID = enhanced.SeriesInstanceUID
+    _fails(_write(tmp_path / "mixed", [*single[:3], enhanced]), "multi-frame instance mixed with other instances")
+
+
 @pytest.mark.slow
 def test_dicom_infer_with_a_volume_run_writes_one_seg_per_series_equal_to_fanet_infer(tmp_path, capsys):
     """A 3-D run (trained on NIfTI volumes) given DICOM series: each valid series becomes one SEG holding exactly
@@ -244,7 +289,7 @@ def test_a_truncated_instance_or_a_series_too_large_for_memory_is_refused_before
 
     monkeypatch.setattr(inputs, "available_memory", lambda: 10_000)  # bytes
     decoded = []
-    monkeypatch.setattr("fanet_monai.dicom.series.decode_frame", lambda ds: decoded.append(ds) or None)
+    monkeypatch.setattr("fanet_monai.dicom.series.decode_frame", lambda ds, *frame: decoded.append(ds) or None)
     message = _fails(_write(tmp_path / "big", make_ct_series(_volume(seed=10))), "needs about .* GiB to refine")
     assert message.startswith("series ") and decoded == []
 

@@ -4,6 +4,7 @@ Photography 8-bit (OP), Secondary Capture (SC) and Multi-frame True Colour / Gra
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 
@@ -14,10 +15,12 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
 from pydicom.uid import JPEGBaseline8Bit, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-__all__ = ["CT_IMAGE", "IODS", "make_ct_series", "make_source"]
+__all__ = ["CT_IMAGE", "IODS", "MR_IMAGE", "make_ct_series", "make_enhanced_series", "make_source"]
 
 #: CT Image Storage
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+#: MR Image Storage
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 #: kind -> (SOP Class UID, Modality, multi-frame IOD)
 IODS: dict[str, tuple[str, str, bool]] = {
@@ -130,6 +133,34 @@ def make_ct_series(
         ds.KVP, ds.AcquisitionNumber = 120, 1
         out.append(ds)
     return out
+
+
+def make_enhanced_series(series: list[Dataset], modality: str = "CT", shuffle_frames: bool = True) -> Dataset:
+    """One Legacy Converted Enhanced CT or MR Image (a multi-frame instance, per-frame plane positions in the
+    functional groups; highdicom's conversion) of the single-frame series ``series`` (from :func:`make_ct_series`;
+    ``modality="MR"`` makes them MR Image Storage first). ``shuffle_frames`` stores the frames out of slice order,
+    as nothing in the standard forbids."""
+    import highdicom as hd
+
+    sources = [copy.deepcopy(ds) for ds in series]
+    if modality == "MR":
+        for ds in sources:
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MR_IMAGE
+            ds.Modality = "MR"
+            for keyword in ("KVP", "RescaleType"):
+                if keyword in ds:
+                    delattr(ds, keyword)
+            ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "3D"
+            ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = 500.0, 10.0, 1
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+            ds.WindowCenter, ds.WindowWidth = 40, 400
+    if shuffle_frames:
+        sources = sources[1::2] + sources[0::2]
+    convert = {"CT": hd.legacy.LegacyConvertedEnhancedCTImage, "MR": hd.legacy.LegacyConvertedEnhancedMRImage}
+    if modality not in convert:
+        raise ValueError(f"modality must be CT or MR, got {modality!r}.")
+    return convert[modality](legacy_datasets=sources, series_instance_uid=generate_uid(), series_number=2,
+                             sop_instance_uid=generate_uid(), instance_number=1)
 
 
 def _native(frames: np.ndarray, photometric: str, bits: int) -> bytes:

@@ -4,7 +4,8 @@ so that a viewer overlays it on the series.
 
 The label volume is ``(X, Y, Z)`` on :class:`~fanet_monai.dicom.series.SeriesVolume`'s grid (what ``fanet infer``
 writes for the series exported to NIfTI, or what a model returns on ``SeriesVolume.array``); it goes back to DICOM's
-``(slice, row, column)`` frames in the series' slice order. Only frames holding foreground are stored
+``(slice, row, column)`` frames in the series' slice order (for an enhanced multi-frame source, in its frame
+order: highdicom pairs SEG frame ``i`` with source frame ``i``). Only frames holding foreground are stored
 (``omit_empty_frames``, highdicom's default; an all-background series still gets one frame, as the standard needs
 one). Segment labels and codes are the run's (:meth:`fanet_monai.dicom.seg.SegSettings.segment`), uncoded and said
 so when the run declared none.
@@ -66,6 +67,10 @@ def build_series_segmentation(volume: SeriesVolume, labels: np.ndarray, num_clas
             segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm))
     frames = np.ascontiguousarray(np.transpose(labels, (2, 1, 0))).astype(np.uint8)  # (Z, rows, columns)
+    if volume.frames is not None:  # one enhanced multi-frame source: frame i of the SEG is source frame i
+        in_source_order = np.empty_like(frames)
+        in_source_order[volume.frames] = frames
+        frames = in_source_order
     series_uid, sop_uid = series_seg_uids(volume, model)
     return hd.seg.Segmentation(
         source_images=volume.datasets,
