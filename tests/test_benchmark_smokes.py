@@ -49,3 +49,14 @@ def test_onnx_runtime_benchmark_smoke_times_both_engines_on_the_same_masks(capsy
         assert row["ratio"] == pytest.approx(row["onnxruntime"] / row["eager"])
         assert row["max_logit_diff"] < 1e-4 and row["mask_agreement"] == 1.0
     assert "| onnxruntime / eager |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_series_overhead_benchmark_smoke_times_bare_inference_and_the_series_path(capsys):
+    from benchmarks import series_overhead
+
+    (row,) = series_overhead.main(["--smoke"])
+    assert row["series"] == "synthetic CT" and row["shape"] == [32, 32, 12] and row["instances"] == 12
+    assert row["bare_s"] > 0 and row["overhead"] == pytest.approx(row["series_s"] / row["bare_s"])
+    assert 0 < row["bare_gib"] < 16 and 0 < row["series_gib"] < 16
+    assert "| overhead |" in capsys.readouterr().out
