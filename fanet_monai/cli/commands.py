@@ -100,7 +100,10 @@ class FanetCLI:
         written; unreadable ones are all reported (``--skip_bad True`` segments the others and lists them). Uses
         the run's stored settings unless given. PNG masks for bitmaps, NIfTI for NIfTI. Refine-my-mask:
         ``--start_mask_dir MASKS`` starts each image's refinement from the mask of the same file stem in ``MASKS``
-        (an existing, rough label) instead of Otsu's threshold. Exit code 3 when images were skipped."""
+        (an existing, rough label) instead of Otsu's threshold. ``--where_to_look True`` (or ``starts``,
+        ``confidence``) also writes where a person should look: ``<name>_where_to_look.png`` (heat map) or a
+        float32 volume beside each mask. ``--runtime onnxruntime`` runs the network in ONNX Runtime (exported from
+        ``model.pt`` at start; the ``onnx`` extra). Exit code 3 when images were skipped."""
         from fanet_monai.bundle import run_workflow
 
         names = ("inference", *_layers("infer", dataset_dir, bundle_root))

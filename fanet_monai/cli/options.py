@@ -22,6 +22,7 @@ from fire.parser import DefaultParseValue
 from fanet_monai.cli.configs import DATA_LAYERS, config_ids, raw_config
 from fanet_monai.errors import InputError
 from fanet_monai.networks.onnx_runtime import check_runtime
+from fanet_monai.where_to_look import check_where_to_look
 
 __all__ = ["RANGES", "UsageError", "check_command_line", "check_value", "command_help", "overview", "parameters"]
 
@@ -199,6 +200,12 @@ def check_value(option: str, value: Any, default: Any) -> None:
     """
     rule = RANGES.get(option)
     hint = f" (default {_default_text(default, 40)})"
+    if option == "where_to_look":  # True/False or the map's name
+        try:
+            check_where_to_look(value)
+        except ValueError as error:
+            raise UsageError(f"--where_to_look {value!r}: {error}") from None
+        return
     if option == "runtime":  # the engine, and whether its packages are installed
         try:
             check_runtime(value)

@@ -16,12 +16,20 @@ returns every pass explicitly.
 
 from fanet_monai.inferers.passes import converged, early_stop_passes
 from fanet_monai.inferers.refinement import IterativeRefinementInferer, Refinement
+from fanet_monai.inferers.review import (WHERE_TO_LOOK, AnnotatorConstraint, confidence_map, instability_map,
+                                         start_disagreement_map, where_to_look)
 from fanet_monai.inferers.unrolled import UnrolledFeedbackInferer
 
 __all__ = [
+    "WHERE_TO_LOOK",
+    "AnnotatorConstraint",
     "IterativeRefinementInferer",
     "Refinement",
     "UnrolledFeedbackInferer",
+    "confidence_map",
     "converged",
     "early_stop_passes",
+    "instability_map",
+    "start_disagreement_map",
+    "where_to_look",
 ]

@@ -21,6 +21,7 @@ from fanet_monai.feedback.masks import (
     start_mask,
 )
 from fanet_monai.inferers.passes import check_mask, check_num_passes, converged
+from fanet_monai.inferers.review import AnnotatorConstraint
 
 __all__ = ["IterativeRefinementInferer", "Refinement", "LAST_CHANNEL"]
 
@@ -162,6 +163,7 @@ class IterativeRefinementInferer(Inferer):
         network: Callable[..., Any],
         *args: Any,
         mask: torch.Tensor | None = None,
+        constraint: AnnotatorConstraint | None = None,
         **kwargs: Any,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(logits, num_passes)`` after every pass; the single code path behind :meth:`refine` and
@@ -173,6 +175,8 @@ class IterativeRefinementInferer(Inferer):
                 or ``(b, K + 1, *spatial)`` (K classes).
             args: extra positional arguments for ``network`` (or ``inner``).
             mask: ``(B, 1, *spatial)`` mask of the first pass; ``None`` for the configured start mask.
+            constraint: an annotator's reviewed pixels and labels (:class:`~fanet_monai.inferers.review.
+                AnnotatorConstraint`), kept at every pass: in the logits, hence in the fed mask and the result.
             kwargs: extra keyword arguments for ``network`` (or ``inner``).
 
         Yields:
@@ -208,6 +212,8 @@ class IterativeRefinementInferer(Inferer):
             subset = active.numel() < batch
             x = torch.cat([images[active], mask[active]] if subset else [images, mask], dim=1)
             logits = self._run_pass(x, network, *args, **kwargs)
+            if constraint is not None:
+                logits = (constraint.rows(active) if subset else constraint).apply(logits)
             if out is None or not subset:
                 out = logits
             else:
@@ -235,18 +241,20 @@ class IterativeRefinementInferer(Inferer):
         network: Callable[..., Any],
         *args: Any,
         mask: torch.Tensor | None = None,
+        constraint: AnnotatorConstraint | None = None,
         **kwargs: Any,
     ) -> Refinement:
         """Refine ``images`` and return every pass, the passes each image used and the time to each pass.
 
-        Same arguments as :meth:`iterate`; returns a :class:`Refinement`.
+        Same arguments as :meth:`iterate`; returns a :class:`Refinement`. The where-to-look maps of a refinement:
+        :func:`fanet_monai.inferers.review.where_to_look`.
         """
         synchronize = images.device.type == "cuda"
         passes: list[torch.Tensor] = []
         seconds: list[float] = []
         used = torch.zeros(0, dtype=torch.long)
         start = time.perf_counter()
-        for logits, used in self.iterate(images, network, *args, mask=mask, **kwargs):
+        for logits, used in self.iterate(images, network, *args, mask=mask, constraint=constraint, **kwargs):
             if synchronize:
                 torch.cuda.synchronize(images.device)
             seconds.append(time.perf_counter() - start)
@@ -259,6 +267,7 @@ class IterativeRefinementInferer(Inferer):
         network: Callable[..., Any],
         *args: Any,
         mask: torch.Tensor | None = None,
+        constraint: AnnotatorConstraint | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
         """Refine ``inputs`` with ``network``.
@@ -269,6 +278,7 @@ class IterativeRefinementInferer(Inferer):
                 ``(b, 1, *spatial)`` or ``(b, K + 1, *spatial)``; a TorchScript module works.
             args: extra positional arguments for ``network`` (or ``inner``).
             mask: ``(B, 1, *spatial)`` mask of the first pass; ``None`` for the configured start mask.
+            constraint: pixels an annotator reviewed, kept at every pass (see :meth:`iterate`).
             kwargs: extra keyword arguments for ``network`` (or ``inner``).
 
         Returns:
@@ -276,7 +286,7 @@ class IterativeRefinementInferer(Inferer):
             carrying ``inputs``' metadata when ``inputs`` is one), or, with ``return_all_passes``, every pass's
             logits stacked as a plain tensor ``(num_passes, B, 1 or K + 1, *spatial)``.
         """
-        steps = self.iterate(inputs, network, *args, mask=mask, **kwargs)
+        steps = self.iterate(inputs, network, *args, mask=mask, constraint=constraint, **kwargs)
         if self.return_all_passes:
             return torch.stack([logits for logits, _ in steps], dim=0)
         out: torch.Tensor | None = None

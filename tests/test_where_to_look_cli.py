@@ -1,0 +1,60 @@
+"""``fanet infer --where_to_look`` (issue 22, item 3): a heat-map PNG next to each 2-D mask, a float32 map in the
+mask's format next to each volume mask, on the mask's grid; the masks are the same as without the map; bad values
+are refused before anything runs."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from dicom_support import INFER, smooth_rgb
+from fanet_monai.cli import FanetCLI, run
+from fanet_monai.data import make_volume_dataset
+from fanet_monai.run import release_claims
+
+
+@pytest.mark.slow
+def test_infer_writes_a_heat_map_next_to_each_2d_mask(tmp_path, tiny_bundle_root):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, (h, w, seed) in {"a": (64, 64, 1), "b": (50, 62, 2)}.items():
+        Image.fromarray(smooth_rgb(h, w, seed)).save(images / f"{name}.png")
+    plain, mapped = tmp_path / "plain", tmp_path / "mapped"
+    FanetCLI().infer(str(images), str(plain), bundle_root=str(tiny_bundle_root), **INFER)
+    FanetCLI().infer(str(images), str(mapped), bundle_root=str(tiny_bundle_root), where_to_look="starts", **INFER)
+    for name, size in (("a", (64, 64)), ("b", (50, 62))):
+        mask = np.asarray(Image.open(mapped / f"{name}.png"))
+        assert np.array_equal(mask, np.asarray(Image.open(plain / f"{name}.png")))  # the map changes no mask
+        heat = np.asarray(Image.open(mapped / f"{name}_where_to_look.png"))
+        assert heat.shape == (*size, 3) and heat.dtype == np.uint8 and mask.shape == size
+        assert heat.std() > 0  # some pixels to look at, most not
+    assert not list(plain.glob("*_where_to_look*"))
+
+
+@pytest.mark.slow
+def test_infer_writes_a_float_map_next_to_each_volume_mask(tmp_path):
+    data = make_volume_dataset(tmp_path / "data", num_volumes=3, shape=(20, 20, 24), kind="tubes", seed=3)
+    root = tmp_path / "run"
+    tiny = ["--num_workers", "0", "--num_passes", "3", "--patch_size", "[16,16,16]", "--network_def#channels",
+            "[4,8,8,8]"]
+    assert run(["train", str(data), "--bundle_root", str(root), "--max_epochs", "1", "--batch_size", "2",
+                "--show_progress", "False", *tiny]) == 0
+    release_claims()
+    out = tmp_path / "masks"
+    assert run(["infer", str(data / "images"), str(out), "--bundle_root", str(root), "--num_workers", "0",
+                "--where_to_look", "True"]) == 0
+    for source in sorted((data / "images").iterdir()):
+        stem = source.name[: -len(".nii.gz")]
+        mask, look = nib.load(out / source.name), nib.load(out / f"{stem}_where_to_look.nii.gz")
+        assert look.shape == mask.shape == nib.load(source).shape
+        assert np.allclose(look.affine, mask.affine)
+        values = np.asarray(look.dataobj)
+        assert values.dtype == np.float32 and values.min() >= 0 and values.max() <= 1
+
+
+def test_a_bad_where_to_look_value_is_refused_before_anything_runs(capsys):
+    assert run(["infer", "in", "out", "--where_to_look", "everywhere"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--where_to_look 'everywhere'" in err[0] and "instability" in err[0]
