@@ -22,10 +22,10 @@ from pydicom.dataset import Dataset
 from fanet_monai.data.inputs import writable_dir
 from fanet_monai.dicom.predictor import BundlePredictor
 from fanet_monai.dicom.reader import SourceError, check_source, looks_like_dicom, number_of_frames, read_header
-from fanet_monai.dicom.seg import SegSettings, build_segmentations
+from fanet_monai.dicom.seg import REVIEW_LABEL, SegSettings, build_segmentations, review_model, review_settings
 from fanet_monai.errors import InputError
 
-__all__ = ["Source", "Summary", "checked_sources", "dicom_files", "dicom_infer", "segment_source"]
+__all__ = ["Source", "Summary", "checked_sources", "dicom_files", "dicom_infer", "is_review", "segment_source"]
 
 logger = logging.getLogger("fanet_monai.dicom")
 
@@ -87,7 +87,18 @@ def segment_source(predictor: BundlePredictor, path: str | os.PathLike, source: 
                          "map found before it).")
     parameters = {"num_passes": str(predictor.config("num_passes", "")), "image_size": str(predictor.config(
         "image_size", ""))}
-    return build_segmentations(source, masks, predictor.identity, settings, fractional, parameters)
+    segs = build_segmentations(source, masks, predictor.identity, settings, fractional, parameters)
+    reviews = [p.review for p in predictions]
+    if all(r is not None for r in reviews):  # where_to_look on: the map as a FRACTIONAL "review" SEG beside
+        method = str(predictor.config("where_to_look", ""))
+        segs += build_segmentations(source, reviews, review_model(predictor.identity), review_settings(settings),
+                                    True, {**parameters, "where_to_look": method})
+    return segs
+
+
+def is_review(seg: Dataset) -> bool:
+    """A "review" SEG (the where-to-look map, :func:`~fanet_monai.dicom.seg.review_settings`)."""
+    return seg.SegmentationType == "FRACTIONAL" and seg.SegmentSequence[0].SegmentLabel == REVIEW_LABEL
 
 
 def write_atomic(dataset: Dataset, path: Path) -> None:
@@ -155,9 +166,11 @@ def process(predictor: BundlePredictor, source: Source, out: Path, settings: Seg
         except Exception as error:  # keep going with the other sources; the line names this one
             problems.append(SourceError(f"{type(error).__name__}: {error}", source.uid, path))
             continue
-        for n, seg in enumerate(segs):
-            name = f"{source.uid}-frame{n + 1}.seg.dcm" if len(segs) > 1 else f"{source.uid}.seg.dcm"
-            write_atomic(seg, out / name)
+        for kind, group in (("seg", [s for s in segs if not is_review(s)]), ("review.seg", [s for s in segs
+                                                                                            if is_review(s)])):
+            for n, seg in enumerate(group):
+                name = f"{source.uid}-frame{n + 1}.{kind}.dcm" if len(group) > 1 else f"{source.uid}.{kind}.dcm"
+                write_atomic(seg, out / name)
         summary.done += 1
         summary.segs += len(segs)
         logger.info("SEG written for %s (SOP Instance UID %s): %d instance(s)", path, source.uid, len(segs))

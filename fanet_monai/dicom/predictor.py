@@ -22,6 +22,7 @@ from fanet_monai import __version__
 from fanet_monai.bundle import bundle_configs, load_workflow
 from fanet_monai.dicom.reader import DicomReader
 from fanet_monai.label_server import CheckImageRequestd
+from fanet_monai.where_to_look import MAP_KEY, WhereToLookImaged
 
 __all__ = ["BundlePredictor", "ModelIdentity", "Prediction"]
 
@@ -45,11 +46,13 @@ class ModelIdentity:
 
 @dataclass
 class Prediction:
-    """One frame's result: ``mask`` ``(Rows, Columns)`` bool (the postprocessing output, nonzero = foreground) and
-    ``probability`` ``(Rows, Columns)`` float32 in [0, 1] (the postprocessing value before its ``AsDiscreted``)."""
+    """One frame's result: ``mask`` ``(Rows, Columns)`` bool (the postprocessing output, nonzero = foreground),
+    ``probability`` ``(Rows, Columns)`` float32 in [0, 1] (the postprocessing value before its ``AsDiscreted``) and,
+    with ``where_to_look`` on, ``review``: the where-to-look map ``(Rows, Columns)`` float32 in [0, 1]."""
 
     mask: np.ndarray
     probability: np.ndarray | None
+    review: np.ndarray | None = None
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -100,7 +103,8 @@ class BundlePredictor:
         self.load = LoadImage(reader=self.reader, image_only=True, dtype=loader._loader.dtype,
                               ensure_channel_first=loader._loader.ensure_channel_first)
         self.transform = Compose(rest)
-        post = [t for t in parser.get_parsed_content("postprocessing").transforms if not isinstance(t, SaveImaged)]
+        post = [t for t in parser.get_parsed_content("postprocessing").transforms
+                if not isinstance(t, (SaveImaged, WhereToLookImaged))]  # the map stays a float map here
         self.postprocessing = post
         ckpt_path = Path(parser.get_parsed_content("ckpt_path"))
         meta = json.loads((Path(files[0]).parent / "metadata.json").read_text())
@@ -143,7 +147,10 @@ class BundlePredictor:
         mask = _rows_columns(item[CommonKeys.PRED], self.reader.reverse_indexing) != 0
         if probability is not None:
             probability = np.clip(probability.astype(np.float32), 0.0, 1.0)
-        return Prediction(mask=mask, probability=probability)
+        review = item.get(MAP_KEY)
+        if review is not None:
+            review = np.clip(_rows_columns(review, self.reader.reverse_indexing).astype(np.float32), 0.0, 1.0)
+        return Prediction(mask=mask, probability=probability, review=review)
 
 
 def _rows_columns(pred: torch.Tensor, reverse_indexing: bool) -> np.ndarray:

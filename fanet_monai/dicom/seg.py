@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 import highdicom as hd
@@ -34,7 +34,8 @@ from pydicom.uid import generate_uid
 from fanet_monai.dicom.predictor import ModelIdentity
 from fanet_monai.dicom.reader import number_of_frames
 
-__all__ = ["SegSettings", "build_segmentations", "seg_uids", "SECONDARY_CAPTURE", "UNCODED_SCHEME"]
+__all__ = ["REVIEW_LABEL", "SegSettings", "build_segmentations", "review_model", "review_settings", "seg_uids",
+           "SECONDARY_CAPTURE", "UNCODED_SCHEME"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,25 @@ class SegSettings:
             return label[:64], _concept(category, "category"), _concept(kind, "type"), True
         return (label[:64], CodedConcept("uncoded", UNCODED_SCHEME, "Uncoded category"),
                 CodedConcept(f"segment-{number}"[:16], UNCODED_SCHEME, f"Uncoded: {label}"[:64]), False)
+
+
+#: the segment of a where-to-look ("review") SEG
+REVIEW_LABEL = "Review priority"
+
+
+def review_settings(settings: SegSettings) -> SegSettings:
+    """The description of the FRACTIONAL "review" SEG that carries the where-to-look map (issue 22): one segment
+    :data:`REVIEW_LABEL`, coded in the local scheme (no standard code names "where a person should look"), its own
+    series (number + 2, description "... review")."""
+    return replace(settings, segment_label=REVIEW_LABEL,
+                   property_category=["review", UNCODED_SCHEME, "Review priority (not anatomy)"],
+                   property_type=["where-to-look", UNCODED_SCHEME, "Where to look (FANet refinement)"],
+                   series_description=f"{settings.series_description} review", series_number=settings.series_number + 2)
+
+
+def review_model(model: ModelIdentity) -> ModelIdentity:
+    """``model`` as the maker of review SEGs: its own deterministic UIDs beside the mask SEG's."""
+    return replace(model, bundle_version=f"{model.bundle_version}-review")
 
 
 def _concept(code: Sequence[str], what: str) -> CodedConcept:

@@ -30,10 +30,11 @@ from fanet_monai.dicom.predictor import ModelIdentity, sha256_of
 from fanet_monai.dicom.reader import SourceError
 from fanet_monai.dicom.seg import SegSettings
 from fanet_monai.dicom.series import SeriesError, SeriesVolume, find_series, read_series
-from fanet_monai.dicom.series_seg import build_series_segmentation
+from fanet_monai.dicom.series_seg import build_series_review, build_series_segmentation
 from fanet_monai.dicom.sr import build_volume_report, segment_volumes
 from fanet_monai.io import atomic_write
 from fanet_monai.errors import InputError
+from fanet_monai.where_to_look import MAP_KEY, check_where_to_look
 
 __all__ = ["SeriesResult", "dicom_infer_series", "model_identity", "segment_series"]
 
@@ -57,6 +58,7 @@ class SeriesResult:
     report: hd.sr.Comprehensive3DSR
     measured: list[dict]
     model: ModelIdentity
+    review: hd.seg.Segmentation | None = None  #: the where-to-look map as a FRACTIONAL SEG (``where_to_look`` on)
 
     def summary(self) -> dict:
         """The report's numbers as JSON (``<Series Instance UID>.volumes.json``)."""
@@ -87,7 +89,12 @@ def segment_series(volumes: Mapping[str, SeriesVolume], model: ModelIdentity, bu
                                             parameters={"num_passes": overrides.get("num_passes", 3)})
             measured = segment_volumes(volume, labels, num_classes, settings)
             report = build_volume_report(volume, seg, measured, model, settings)
-            results[uid] = SeriesResult(volume, seg, report, measured, model)
+            review = None
+            if check_where_to_look(overrides.get("where_to_look")) is not None:
+                look = np.asarray(nib.load(masks / f"{uid}_{MAP_KEY}.nii.gz").dataobj, dtype=np.float32)
+                review = build_series_review(volume, look, model, settings,
+                                             {"where_to_look": str(overrides.get("where_to_look"))})
+            results[uid] = SeriesResult(volume, seg, report, measured, model, review)
             logger.info("SEG and volume report made for series %s (%d instances): %s", uid, len(volume.datasets),
                         ", ".join(f"{r['label']} {r['volume_ml']} mL" for r in measured))
     return results
@@ -125,6 +132,8 @@ def dicom_infer_series(inputs: Sequence[str | os.PathLike], output_dir: str | os
     for uid, result in segment_series(volumes, model, bundle_root, bundle_dir, **overrides).items():
         write_atomic(result.seg, out / f"{uid}.seg.dcm")
         write_atomic(result.report, out / f"{uid}.sr.dcm")
+        if result.review is not None:
+            write_atomic(result.review, out / f"{uid}.review.seg.dcm")
         with atomic_write(out / f"{uid}.volumes.json", "w") as f:
             json.dump(result.summary(), f, indent=1)
         summary.done += 1

@@ -20,10 +20,10 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 from fanet_monai.dicom.predictor import ModelIdentity
-from fanet_monai.dicom.seg import UNCODED_SCHEME, SegSettings
+from fanet_monai.dicom.seg import UNCODED_SCHEME, SegSettings, review_model, review_settings
 from fanet_monai.dicom.series import SeriesVolume
 
-__all__ = ["build_series_segmentation", "series_seg_sop_uid", "series_seg_uids"]
+__all__ = ["build_series_review", "build_series_segmentation", "series_seg_sop_uid", "series_seg_uids"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,46 @@ def series_seg_uids(volume: SeriesVolume, model: ModelIdentity) -> tuple[str, st
 def series_seg_sop_uid(series_uid: str, model: ModelIdentity) -> str:
     """The SOP Instance UID of the SEG of the series ``series_uid`` by ``model`` (see :func:`series_seg_uids`)."""
     return generate_uid(entropy_srcs=["fanet-series-seg", series_uid, model.key])
+
+
+def _source_frames(volume: SeriesVolume, array: np.ndarray) -> np.ndarray:
+    """``array`` ``(X, Y, Z)`` on the volume's grid as SEG frames ``(Z, rows, columns)``: in slice order, or for an
+    enhanced multi-frame source in its frame order (SEG frame ``i`` is source frame ``i``)."""
+    frames = np.ascontiguousarray(np.transpose(array, (2, 1, 0)))
+    if volume.frames is not None:
+        in_source_order = np.empty_like(frames)
+        in_source_order[volume.frames] = frames
+        frames = in_source_order
+    return frames
+
+
+def build_series_review(volume: SeriesVolume, review: np.ndarray, model: ModelIdentity, settings: SegSettings,
+                        parameters: dict | None = None) -> hd.seg.Segmentation:
+    """The FRACTIONAL "review" SEG of a series: the where-to-look map ``review`` ``(X, Y, Z)`` in [0, 1] on the
+    volume's grid as one segment (:func:`~fanet_monai.dicom.seg.review_settings`), its own UIDs
+    (:func:`~fanet_monai.dicom.seg.review_model`)."""
+    if review.shape != volume.array.shape:
+        raise ValueError(f"series {volume.series_uid}: a map of shape {review.shape} is not on the series' grid "
+                         f"{volume.array.shape}.")
+    settings, model = review_settings(settings), review_model(model)
+    label, category, kind, _ = settings.segment(1)
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label=label, segmented_property_category=category, segmented_property_type=kind,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=settings.algorithm(model, parameters))
+    series_uid, sop_uid = series_seg_uids(volume, model)
+    return hd.seg.Segmentation(
+        source_images=volume.datasets,
+        pixel_array=_source_frames(volume, np.clip(review, 0.0, 1.0).astype(np.float32)),
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+        segment_descriptions=[description],
+        series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        **settings.equipment(model),
+        content_description=f"{settings.algorithm_name} where-to-look map of series {volume.series_uid}"[-64:],
+        omit_empty_frames=True,
+    )
 
 
 def build_series_segmentation(volume: SeriesVolume, labels: np.ndarray, num_classes: int, model: ModelIdentity,
@@ -66,11 +106,7 @@ def build_series_segmentation(volume: SeriesVolume, labels: np.ndarray, num_clas
             segment_number=number, segment_label=label, segmented_property_category=category,
             segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm))
-    frames = np.ascontiguousarray(np.transpose(labels, (2, 1, 0))).astype(np.uint8)  # (Z, rows, columns)
-    if volume.frames is not None:  # one enhanced multi-frame source: frame i of the SEG is source frame i
-        in_source_order = np.empty_like(frames)
-        in_source_order[volume.frames] = frames
-        frames = in_source_order
+    frames = _source_frames(volume, labels.astype(np.uint8))
     series_uid, sop_uid = series_seg_uids(volume, model)
     return hd.seg.Segmentation(
         source_images=volume.datasets,
