@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--patch", type=int, nargs=3, default=[32, 48, 32])
     parser.add_argument("--widths", type=int, nargs=4, default=[16, 32, 64, 128])
     parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's learning rate, every network")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="synthetic blob volumes, 1 epoch, tiny (CI)")
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if unknown:
         raise SystemExit(f"unknown configurations {unknown}; choose from {list(configs)}.")
     common = {"max_epochs": args.epochs, "batch_size": args.batch, "patch_size": args.patch, "num_workers": 0,
-              "show_progress": False, "val_interval": NEVER, "learning_rate": 1e-3}
+              "show_progress": False, "val_interval": NEVER, "learning_rate": args.learning_rate}
     done = {(r["config"], r["fold"], r["seed"], r["budget"]) for r in load_runs(log)}
     budgets = ["epochs", "time"] if args.budget == "both" else [args.budget]
     order = sorted(args.configs, key=lambda c: c != "fanet_3d")  # the time reference first
