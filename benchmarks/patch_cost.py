@@ -92,6 +92,21 @@ def step_and_pass(dims: int, widths: list[int], patch: int, image: int, batch: i
     return rows
 
 
+#: code for the measuring subprocesses: ``rss()`` (resident set now, MiB — the high-water mark of ``getrusage`` would
+#: include the imports' peak) and a thread keeping ``peak[0]`` from ``base`` on; the measured code sets ``done``
+SAMPLER = """def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+base, peak, done = rss(), [0.0], threading.Event()
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.005)
+threading.Thread(target=sample, daemon=True).start()
+"""
+
+
 def network_peak_memory(dims: int, name: str, widths: list[int], patch: int, batch: int, image: int) -> dict:
     """Peak resident memory (MiB above the process before it) of one training step on ``batch`` patches and of one
     sliding-window pass over ``image``, each in a fresh process (a subprocess)."""
@@ -104,19 +119,9 @@ from monai.losses import DiceCELoss
 from benchmarks.patch_cost import networks
 from fanet_monai.inferers import IterativeRefinementInferer
 
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
 channels = {3 if dims == 2 else 1}
 net = networks({dims}, {widths})[{name!r}]
-base, peak, done = rss(), [0.0], threading.Event()
-def sample():
-    while not done.is_set():
-        peak[0] = max(peak[0], rss())
-        time.sleep(0.005)
-threading.Thread(target=sample, daemon=True).start()
-if {what!r} == "step":
+{SAMPLER}if {what!r} == "step":
     x = torch.rand({batch}, channels + 1, *[{patch}] * {dims})
     y = (torch.rand({batch}, 1, *[{patch}] * {dims}) > 0.8).float()
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
@@ -144,21 +149,11 @@ from monai.inferers import SlidingWindowInferer
 from fanet_monai import FANet
 from fanet_monai.inferers import IterativeRefinementInferer
 
-def rss():  # resident set now, MiB (the high-water mark of getrusage would include the imports' peak)
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
 torch.set_grad_enabled(False)
 channels = {3 if dims == 2 else 1}
 net = FANet(spatial_dims={dims}, in_channels=channels, out_channels=1, channels={widths}).eval()
 net(torch.rand(1, channels + 1, *[{patch}] * {dims}))
-base, peak, done = rss(), [0.0], threading.Event()
-def sample():
-    while not done.is_set():
-        peak[0] = max(peak[0], rss())
-        time.sleep(0.005)
-threading.Thread(target=sample, daemon=True).start()
-image = torch.rand(1, channels, *[{size}] * {dims})
+{SAMPLER}image = torch.rand(1, channels, *[{size}] * {dims})
 window = SlidingWindowInferer([{patch}] * {dims}, 4, 0.25, mode="gaussian")
 IterativeRefinementInferer(num_passes=2, inner=window)(image, net)
 done.set()

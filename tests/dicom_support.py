@@ -167,3 +167,19 @@ def echo_volume_run(tmp_path: Path, data: Path) -> Path:
         echo.head.conv.bias.copy_(torch.tensor([0.0, -10.0, -30.0]))
     torch.save(echo.state_dict(), root / "models" / "model.pt")
     return root
+
+
+def tiny_volume_run(tmp_path: Path, num_passes: int = 2) -> tuple[Path, Path]:
+    """``(data, run)``: three 20×20×24 synthetic tube volumes and a 3-D run trained one epoch on them by
+    ``fanet train`` (narrow widths, 16³ patches, ``num_passes`` refinement passes recorded in the run)."""
+    from fanet_monai.cli import run
+    from fanet_monai.data import make_volume_dataset
+    from fanet_monai.run import release_claims
+
+    data = make_volume_dataset(tmp_path / "data", num_volumes=3, shape=(20, 20, 24), kind="tubes", seed=3)
+    root = tmp_path / "run"
+    assert run(["train", str(data), "--bundle_root", str(root), "--max_epochs", "1", "--batch_size", "2",
+                "--show_progress", "False", "--num_workers", "0", "--num_passes", str(num_passes),
+                "--patch_size", "[16,16,16]", "--network_def#channels", "[4,8,8,8]"]) == 0
+    release_claims()
+    return data, root

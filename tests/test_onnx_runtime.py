@@ -18,16 +18,14 @@ import torch
 from PIL import Image
 
 from dicom_support import (DCIODVFY, DICOMWEB_PLUGIN, INFER, ORTHANC, ORTHANC_PASSWORD, ORTHANC_USER,
-                           dciodvfy_errors, fanet_infer_png, smooth_rgb)
+                           dciodvfy_errors, fanet_infer_png, smooth_rgb, tiny_volume_run)
 from fanet_monai.cli import FanetCLI, run
-from fanet_monai.data import make_volume_dataset
 from fanet_monai.dicom.pacs import ENV_PASSWORD, ENV_TOKEN, ENV_USERNAME
 from fanet_monai.dicom.samples import make_source, save
 from fanet_monai.errors import InputError
 from fanet_monai.inferers import IterativeRefinementInferer
 from fanet_monai.networks import FANet, OnnxRuntimeNetwork, load_for_inference
 from fanet_monai.networks import onnx_runtime
-from fanet_monai.run import release_claims
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None,
@@ -131,13 +129,7 @@ def test_fanet_infer_and_dicom_infer_on_onnx_runtime_equal_pytorch(tmp_path, tin
 
 @pytest.mark.slow
 def test_fanet_infer_on_volumes_with_onnx_runtime_equals_pytorch(tmp_path):
-    data = make_volume_dataset(tmp_path / "data", num_volumes=3, shape=(20, 20, 24), kind="tubes", seed=3)
-    root = tmp_path / "run"
-    tiny = ["--num_workers", "0", "--num_passes", "2", "--patch_size", "[16,16,16]", "--network_def#channels",
-            "[4,8,8,8]"]
-    assert run(["train", str(data), "--bundle_root", str(root), "--max_epochs", "1", "--batch_size", "2",
-                "--show_progress", "False", *tiny]) == 0
-    release_claims()
+    data, root = tiny_volume_run(tmp_path)
     out = {}
     for runtime in ("pytorch", "onnxruntime"):
         assert run(["infer", str(data / "images"), str(tmp_path / runtime), "--bundle_root", str(root),

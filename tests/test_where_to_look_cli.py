@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dicom_support import INFER, smooth_rgb
+from dicom_support import INFER, smooth_rgb, tiny_volume_run
 from fanet_monai.cli import FanetCLI, run
 from fanet_monai.data import make_volume_dataset
-from fanet_monai.run import release_claims
 
 
 @pytest.mark.slow
@@ -35,13 +34,7 @@ def test_infer_writes_a_heat_map_next_to_each_2d_mask(tmp_path, tiny_bundle_root
 
 @pytest.mark.slow
 def test_infer_writes_a_float_map_next_to_each_volume_mask(tmp_path):
-    data = make_volume_dataset(tmp_path / "data", num_volumes=3, shape=(20, 20, 24), kind="tubes", seed=3)
-    root = tmp_path / "run"
-    tiny = ["--num_workers", "0", "--num_passes", "3", "--patch_size", "[16,16,16]", "--network_def#channels",
-            "[4,8,8,8]"]
-    assert run(["train", str(data), "--bundle_root", str(root), "--max_epochs", "1", "--batch_size", "2",
-                "--show_progress", "False", *tiny]) == 0
-    release_claims()
+    data, root = tiny_volume_run(tmp_path, num_passes=3)
     out = tmp_path / "masks"
     assert run(["infer", str(data / "images"), str(out), "--bundle_root", str(root), "--num_workers", "0",
                 "--where_to_look", "True"]) == 0

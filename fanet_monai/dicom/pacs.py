@@ -289,7 +289,7 @@ def run_pacs(url: str, bundle_root: str = ".", bundle_dir: str | None = None, wa
     if series:
         from fanet_monai.dicom.pacs_series import run_pacs_series
 
-        segmenter = run_pacs_series(client, bundle_root, bundle_dir, watch, interval, series_stable_for, **overrides)
+        segmenter = run_pacs_series(client, bundle_root, bundle_dir, watch, series_stable_for, **overrides)
     else:
         segmenter = PacsSegmenter(client, BundlePredictor(bundle_root, bundle_dir, **overrides),
                                   fractional=fractional)

@@ -226,7 +226,7 @@ class PacsSeriesSegmenter(PacsPoller):
         return summary
 
 
-def run_pacs_series(client: DICOMwebClient, bundle_root: str, bundle_dir: str | None, watch: bool, interval: float,
+def run_pacs_series(client: DICOMwebClient, bundle_root: str, bundle_dir: str | None, watch: bool,
                     stable_for: float, **overrides: Any) -> PacsSeriesSegmenter:
     """The series segmenter of ``fanet pacs`` for a volume run (the bundle's model and settings)."""
     from fanet_monai.dicom.series_pipeline import model_identity
