@@ -11,7 +11,8 @@ from monai.inferers import SlidingWindowInferer
 
 from fanet_monai import FANet
 from fanet_monai.feedback.masks import discrete_prediction
-from fanet_monai.inferers import (AnnotatorConstraint, IterativeRefinementInferer, confidence_map, start_disagreement_map, where_to_look)
+from fanet_monai.inferers import (AnnotatorConstraint, IterativeRefinementInferer, confidence_map,
+                                  start_disagreement_map, where_to_look)
 
 
 def flipping_network(region: torch.Tensor, classes: int = 1):
