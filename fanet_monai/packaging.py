@@ -40,7 +40,7 @@ from monai.bundle import ConfigParser, ckpt_export
 import fanet_monai
 from fanet_monai.bundle import packaged_bundle_dir
 
-__all__ = ["package_bundle", "SCRIPTS_IMPORT"]
+__all__ = ["package_bundle", "write_label_app", "LABEL_APP_MAIN", "SCRIPTS_IMPORT"]
 
 #: First import of every packaged config: makes ``scripts/fanet_monai`` importable as ``fanet_monai``.
 SCRIPTS_IMPORT = "$import scripts"
@@ -245,3 +245,35 @@ def package_bundle(
     if torchscript:
         _export_torchscript(out)
     return out
+
+
+#: ``main.py`` of the MONAI Label app :func:`write_label_app` writes (``{name}``: the bundle's folder under ``model/``)
+LABEL_APP_MAIN = '''"""MONAI Label app for the FANet bundle in model/{name} (written by `fanet label_app`).
+
+Start it with: monailabel start_server --app . --studies STUDIES --conf models {name}
+Adds to the stock bundle app: the `{name}_where_to_look` inference task, the `{name}_where_to_look` scoring method
+and the `where_to_look` active-learning strategy (fanet_monai.monailabel_app).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "model", "{name}", "scripts"))
+
+from fanet_monai.monailabel_app import FanetApp  # noqa: E402,F401  (MONAI Label looks for the app class here)
+'''
+
+
+def write_label_app(app_dir: str | os.PathLike, name: str = "fanet") -> Path:
+    """Write ``main.py`` of a MONAI Label app around the packaged bundle ``app_dir/model/<name>``
+    (:mod:`fanet_monai.monailabel_app`) and return ``app_dir``.
+
+    Raises:
+        FileNotFoundError: naming the folder, when ``app_dir/model/<name>`` holds no packaged bundle.
+    """
+    app = Path(app_dir)
+    bundle = app / "model" / name
+    if not (bundle / "configs" / "inference.json").is_file() or not (bundle / "scripts" / "fanet_monai").is_dir():
+        raise FileNotFoundError(f"{bundle}: no packaged FANet bundle there (write it with fanet package first).")
+    (app / "main.py").write_text(LABEL_APP_MAIN.format(name=name))
+    return app

@@ -32,11 +32,64 @@ from fanet_monai.data.readers import BitmapReader
 from fanet_monai.data.transforms import BinarizeLabeld
 from fanet_monai.label_server import RequestError
 
-__all__ = ["LoadStartLabeld", "StartMaskFromLabeld", "as_flag", "attach_start_masks", "datastore_label",
+__all__ = ["ANNOTATOR_KEY", "KeepAnnotatorLabeld", "LoadStartLabeld", "StartMaskFromLabeld", "annotator_label",
+           "as_flag", "as_unreviewed_value", "attach_start_masks", "datastore_label", "refinement_start",
            "DATASTORE_LABELS"]
 
 #: Where MONAI Label's local datastore keeps an image's final label, relative to the image's folder.
 DATASTORE_LABELS = os.path.join("labels", "final")
+
+
+#: the data key under which :class:`LoadStartLabeld` keeps the annotator's label on the input's grid, for
+#: :class:`KeepAnnotatorLabeld`
+ANNOTATOR_KEY = "annotator_label"
+
+
+def as_unreviewed_value(value: Any) -> int | None:
+    """The label value that marks "not reviewed yet": ``None`` (every pixel the annotator did not draw is open to
+    the network) for ``None``/``""``/``"none"``/``False``, else an integer (e.g. ``255`` for a NIfTI label map,
+    ``128`` for a 0/255 PNG); request strings such as ``"255"`` are accepted."""
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"unreviewed_value must be an integer label value or none, got {value!r}.") from None
+    if number != int(number):
+        raise ValueError(f"unreviewed_value must be an integer label value or none, got {value!r}.")
+    return int(number)
+
+
+def refinement_start(refine_label: Any, keep_annotator_label: Any, start_mask: str) -> str:
+    """The refinement inferer's ``start_mask`` for the bundle's switches: ``"annotator_channels"`` (refine-my-mask
+    keeping the annotator's work), ``"last_channel"`` (refine-my-mask, the label only as the start), else
+    ``start_mask``."""
+    if not as_flag(refine_label):
+        return start_mask
+    return "annotator_channels" if as_flag(keep_annotator_label) else "last_channel"
+
+
+def annotator_label(raw: torch.Tensor, num_classes: int = 1, unreviewed_value: int | None = None,
+                    binarize: Any = None) -> torch.Tensor:
+    """``(2, *spatial)`` float32 ``[codes, reviewed]`` of an annotator's label ``raw`` ``(1 or C, *spatial)``.
+
+    ``codes``: 0/1 (binary, binarized like training labels) or the class codes 0..K; ``reviewed``: 1 where the
+    annotator's label is final: with ``unreviewed_value`` every pixel not holding it (their background included),
+    without it only the pixels they drew (codes > 0), since a plain label cannot tell "background" from "not looked
+    at yet". Unreviewed pixels get code 0."""
+    raw = torch.as_tensor(raw)
+    raw = raw.as_tensor() if isinstance(raw, MetaTensor) else raw
+    if unreviewed_value is None:
+        open_pixels = torch.zeros_like(raw[:1], dtype=torch.bool)
+    else:
+        open_pixels = (raw == unreviewed_value).all(dim=0, keepdim=True)
+    cleaned = torch.where(open_pixels, torch.zeros_like(raw), raw)
+    binarize = binarize or BinarizeLabeld(keys="mask", num_classes=num_classes)
+    codes = torch.as_tensor(binarize({"mask": cleaned})["mask"]).float()
+    codes = codes.as_tensor() if isinstance(codes, MetaTensor) else codes
+    codes = torch.where(open_pixels, torch.zeros_like(codes), codes)
+    reviewed = (codes > 0) if unreviewed_value is None else ~open_pixels
+    return torch.cat([codes, reviewed.float()], dim=0)
 
 
 def as_flag(value: Any) -> bool:
@@ -101,6 +154,12 @@ class StartMaskFromLabeld(MapTransform):
         label_key: key of the existing label (MONAI Label puts an uploaded label under ``"label"``).
         enabled: the switch (bool or ``"true"``/``"false"``); ``False`` passes the data through unchanged.
         datastore_lookup: look for ``labels/final/<image stem>.*`` next to the image when no label is given.
+        keep: keep the annotator's work: append **two** channels, the label codes and the reviewed mask
+            (:func:`annotator_label`), for ``IterativeRefinementInferer(start_mask="annotator_channels")``, which
+            keeps every reviewed pixel's label at every pass; ``False``: one binarized channel, the start only.
+        unreviewed_value: with ``keep``, the label value meaning "not reviewed yet" (:func:`as_unreviewed_value`);
+            ``None``: only the drawn foreground counts as reviewed.
+        num_classes: with ``keep``, 1 (binary) or K: the codes are kept as class codes 0..K.
 
     Raises:
         ValueError: naming the image when no label can be found, or naming the label file when its size differs
@@ -114,11 +173,17 @@ class StartMaskFromLabeld(MapTransform):
         enabled: bool | str = True,
         datastore_lookup: bool = True,
         allow_missing_keys: bool = False,
+        keep: bool | str = False,
+        unreviewed_value: Any = None,
+        num_classes: int = 1,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_key = label_key
         self.enabled = as_flag(enabled)
         self.datastore_lookup = bool(datastore_lookup)
+        self.keep = as_flag(keep)
+        self.unreviewed_value = as_unreviewed_value(unreviewed_value)
+        self.num_classes = int(num_classes)
         self._loader = LoadImage(reader=BitmapReader(), image_only=True, ensure_channel_first=True, dtype=None)
         self._binarize = BinarizeLabeld(keys="mask")
 
@@ -160,7 +225,10 @@ class StartMaskFromLabeld(MapTransform):
         if not self.enabled:
             return d
         for key, image, name, label, source in self._labels(d):
-            mask = self._binarize({"mask": label})["mask"]
+            if self.keep:
+                mask = annotator_label(label, self.num_classes, self.unreviewed_value)
+            else:
+                mask = self._binarize({"mask": label})["mask"]
             mask = mask.as_tensor() if isinstance(mask, MetaTensor) else torch.as_tensor(mask)
             if tuple(mask.shape[1:]) != tuple(image.shape[1:]):
                 raise RequestError(
@@ -184,15 +252,58 @@ class LoadStartLabeld(StartMaskFromLabeld):
     The spatial preprocessing that follows then moves it with the image: the volume steps (orientation, spacing with
     nearest interpolation, foreground crop: keys ``image`` and ``label``) bring it into the image's preprocessed
     frame, where :class:`StartMaskFromLabeld` appends it. 2-D preprocessing does not touch the label, so bitmaps behave
-    as before. Does nothing when not ``enabled``."""
+    as before. With ``keep``, the annotator's ``[codes, reviewed]`` (:func:`annotator_label`) on the input's own grid
+    also go to ``data["annotator_label"]``, untouched by the preprocessing, for :class:`KeepAnnotatorLabeld`. Does
+    nothing when not ``enabled``."""
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         if not self.enabled:
             return d
-        for _, image, _, label, _ in self._labels(d):
+        for _, image, name, label, source in self._labels(d):
             if not isinstance(label, MetaTensor):
                 affine = image.affine if isinstance(image, MetaTensor) else None
                 label = MetaTensor(label, affine=affine)
+            if self.keep:
+                if tuple(label.shape[1:]) != tuple(image.shape[1:]):
+                    raise RequestError(
+                        f"{source}: label size {tuple(label.shape[1:])} differs from the image's "
+                        f"{tuple(image.shape[1:])}" + (f" ({name})" if name else "") + "; the label must be drawn "
+                        "on this image at its full size."
+                    )
+                d[ANNOTATOR_KEY] = annotator_label(label.as_tensor(), self.num_classes, self.unreviewed_value)
             d[self.label_key] = label
+        return d
+
+
+class KeepAnnotatorLabeld(MapTransform):
+    """The final guarantee of refine-my-mask with ``keep``: every pixel the annotator reviewed holds their label in
+    the result, on the input's own grid, whatever resizing, resampling or speck removal did in between.
+
+    Place it after the prediction is back on the input's grid and discretized (label codes ``(1, *spatial)``:
+    0/1 or 0..K), before the codes are mapped to file values. ``data["annotator_label"]`` is
+    :class:`LoadStartLabeld`'s ``[codes, reviewed]``; without it (refine-my-mask off) this does nothing.
+    """
+
+    def __init__(self, keys: KeysCollection = "pred", label_key: str = ANNOTATOR_KEY,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_key = label_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        kept = d.get(self.label_key)
+        if kept is None:
+            return d
+        kept = torch.as_tensor(kept)
+        for key in self.key_iterator(d):
+            pred = d[key]
+            if tuple(pred.shape[1:]) != tuple(kept.shape[1:]):
+                raise ValueError(
+                    f"the prediction {tuple(pred.shape[1:])} is not on the annotator's label grid "
+                    f"{tuple(kept.shape[1:])}: KeepAnnotatorLabeld must follow Invertd."
+                )
+            codes = kept[:1].to(device=pred.device, dtype=pred.dtype)
+            reviewed = kept[1:2].to(pred.device) > 0.5
+            d[key] = torch.where(reviewed, codes, pred)
         return d

@@ -23,13 +23,22 @@ from monai.transforms import MapTransform, SaveImaged
 
 from fanet_monai.data.files import BITMAP_SUFFIXES
 from fanet_monai.inferers.refinement import LAST_CHANNEL, IterativeRefinementInferer
-from fanet_monai.inferers.review import WHERE_TO_LOOK, where_to_look
+from fanet_monai.inferers.review import ANNOTATOR_CHANNELS, WHERE_TO_LOOK, split_annotator_channels, where_to_look
 
-__all__ = ["MAP_KEY", "SplitWhereToLookd", "WhereToLookInferer", "WhereToLookImaged", "check_where_to_look",
-           "where_to_look_inferer", "where_to_look_writer"]
+__all__ = ["MAP_KEY", "SCORE_KEY", "SplitWhereToLookd", "WhereToLookInferer", "WhereToLookImaged",
+           "WhereToLookResultd", "check_where_to_look", "where_to_look_inferer", "where_to_look_score",
+           "where_to_look_writer"]
 
 #: the data key of the map in the postprocessing
 MAP_KEY = "where_to_look"
+#: the per-image score's name: in MONAI Label's result JSON and in its datastore's image info
+SCORE_KEY = "where_to_look_score"
+
+
+def where_to_look_score(look: torch.Tensor) -> float:
+    """One number per image for choosing what a person reviews next: the mean of the map ``(1, *spatial)`` over
+    the image (the share of the image, weighted by how strongly it is flagged, worth looking at), in [0, 1]."""
+    return float(torch.as_tensor(look).float().clamp(0, 1).mean())
 
 
 def check_where_to_look(value: Any) -> str | None:
@@ -48,7 +57,8 @@ class WhereToLookInferer(Inferer):
     ``(B, C + 1, *spatial)`` (a :class:`~monai.data.MetaTensor` with the inputs' metadata when they carry it).
 
     With ``start_mask="last_channel"`` (refine-my-mask) the inputs' last channel is the start mask; it is also the
-    ``"given"`` start of the ``"starts"`` map."""
+    ``"given"`` start of the ``"starts"`` map. With ``start_mask="annotator_channels"`` the annotator's reviewed
+    pixels are kept in every refinement (the map is then 0 there: nothing left to look at)."""
 
     def __init__(self, refinement: IterativeRefinementInferer, method: str = "instability") -> None:
         super().__init__()
@@ -57,13 +67,18 @@ class WhereToLookInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         images, mask, inferer = inputs, kwargs.pop("mask", None), self.refinement
-        if inferer.start_mask == LAST_CHANNEL:
-            images, mask = inputs[:, :-1], (inputs[:, -1:] > 0.5).to(inputs.dtype)
+        constraint = kwargs.pop("constraint", None)
+        if inferer.start_mask in (LAST_CHANNEL, ANNOTATOR_CHANNELS):
+            if inferer.start_mask == LAST_CHANNEL:
+                images, mask = inputs[:, :-1], (inputs[:, -1:] > 0.5).to(inputs.dtype)
+            else:
+                images, mask, constraint = split_annotator_channels(torch.as_tensor(inputs))
             inferer = copy.copy(inferer)
             inferer.start_mask = "otsu"
         if args or kwargs:
             raise ValueError("the where-to-look map takes no extra network arguments.")
-        logits, look = where_to_look(inferer, torch.as_tensor(images), network, self.method, mask=mask)
+        logits, look = where_to_look(inferer, torch.as_tensor(images), network, self.method, mask=mask,
+                                     constraint=constraint)
         out = torch.cat([logits, look.to(logits.dtype)], dim=1)
         if isinstance(inputs, MetaTensor):
             out = MetaTensor(out)
@@ -126,3 +141,25 @@ def where_to_look_writer(output_dir: str, output_ext: str) -> SaveImaged:
                       output_ext=".png" if heat_map else output_ext,
                       output_dtype=np.uint8 if heat_map else np.float32, resample=False, separate_folder=False,
                       print_log=False, allow_missing_keys=True)
+
+
+class WhereToLookResultd(MapTransform):
+    """MONAI Label's ``<model>_where_to_look`` task: the map (on the input's grid, after ``Invertd``) becomes the
+    result that the client receives, as ``uint8`` 0..255 (255 = look here) in ``pred``'s place, and its
+    :func:`where_to_look_score` goes into the result JSON (``data["result"]``) under :data:`SCORE_KEY`; a no-op
+    when ``enabled`` is off or the map is absent."""
+
+    def __init__(self, enabled: Any, keys: str = "pred") -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.enabled = bool(enabled)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        look = d.get(MAP_KEY)
+        if not self.enabled or look is None:
+            return d
+        for key in self.key_iterator(d):
+            scaled = torch.round(torch.as_tensor(look).float().clamp(0, 1) * 255)
+            d[key] = MetaTensor(scaled, meta=d[key].meta) if isinstance(d[key], MetaTensor) else scaled
+        d["result"] = {**dict(d.get("result") or {}), SCORE_KEY: where_to_look_score(look)}
+        return d

@@ -115,17 +115,20 @@ def download_app(python: str, tmp: Path) -> Path:
 
 @contextmanager
 def running_server(python: str, tmp: Path, model: str, studies: str = "studies",
-                   env: dict | None = None) -> Iterator[tuple[str, Path]]:
-    """A MONAI Label server for ``tmp/apps/monaibundle`` with the bundle ``model``, studies in ``tmp/studies`` (or a
-    DICOMweb URL), on a free loopback port, its environment's ``bin`` on ``PATH`` (dcmqi's tools) and ``env`` added;
-    yields ``(url, log file)`` once ``/info/`` answers, and stops it afterwards."""
+                   env: dict | None = None, app: str = "apps/monaibundle",
+                   conf: dict | None = None) -> Iterator[tuple[str, Path]]:
+    """A MONAI Label server for the app ``tmp/<app>`` (default: the stock ``monaibundle``) with the bundle ``model``,
+    studies in ``tmp/studies`` (or a DICOMweb URL), on a free loopback port, its environment's ``bin`` on ``PATH``
+    (dcmqi's tools), ``env`` added and the app settings ``conf`` (``--conf KEY VALUE``); yields ``(url, log file)``
+    once ``/info/`` answers, and stops it afterwards."""
     port = free_port()
     log = open(tmp / "server.log", "w")
     environment = clean_env()
     environment["PATH"] = f"{Path(python).parent}{os.pathsep}{environment.get('PATH', '')}"
     proc = subprocess.Popen(
-        [python, "-m", "monailabel.main", "start_server", "--app", "apps/monaibundle", "--studies", studies,
+        [python, "-m", "monailabel.main", "start_server", "--app", app, "--studies", studies,
          "--conf", "models", model, "--conf", "zoo_source", "local", "--conf", "sam2", "false",
+         *[item for key, value in (conf or {}).items() for item in ("--conf", key, str(value))],
          "--host", "127.0.0.1", "--port", str(port)],
         cwd=tmp, env={**environment, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
     )

@@ -172,6 +172,21 @@ class FanetCLI:
         path = package_bundle(out, bundle_root, bundle_dir, label_name, torchscript, layers=layers, **overrides)
         print(f"bundle written to {path}")
 
+    @bundle_command("inference")
+    def label_app(self, app_dir: str, bundle_root: str = ".", name: str = "fanet", label_name: str | None = None,
+                  bundle_dir: str | None = None, **overrides: Any):
+        """Write a MONAI Label app folder ``app_dir`` for the run ``bundle_root``: the packaged bundle under
+        ``model/<name>`` and a ``main.py`` adding the where-to-look map as its own inference task
+        (``<name>_where_to_look``), a scoring method and the ``where_to_look`` active-learning strategy.
+
+        Serve it with ``monailabel start_server --app APP_DIR --studies STUDIES --conf models <name>``."""
+        from fanet_monai.packaging import write_label_app
+
+        self.package(str(Path(app_dir) / "model" / name), bundle_root, label_name, bundle_dir, **overrides)
+        app = write_label_app(app_dir, name)
+        print(f"MONAI Label app written to {app}: monailabel start_server --app {app} --studies STUDIES "
+              f"--conf models {name}")
+
     @bundle_command("inference", "volume")
     def dicom_infer(self, input: str, output_dir: str, bundle_root: str = ".", bundle_dir: str | None = None,
                     fractional: bool = False, **overrides: Any):

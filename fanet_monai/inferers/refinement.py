@@ -21,12 +21,14 @@ from fanet_monai.feedback.masks import (
     start_mask,
 )
 from fanet_monai.inferers.passes import check_mask, check_num_passes, converged
-from fanet_monai.inferers.review import AnnotatorConstraint
+from fanet_monai.inferers.review import ANNOTATOR_CHANNELS, AnnotatorConstraint, split_annotator_channels
 
-__all__ = ["IterativeRefinementInferer", "Refinement", "LAST_CHANNEL"]
+__all__ = ["ANNOTATOR_CHANNELS", "IterativeRefinementInferer", "Refinement", "LAST_CHANNEL", "INPUT_STARTS"]
 
 #: ``IterativeRefinementInferer(start_mask=LAST_CHANNEL)``: the inputs carry their start mask as the last channel.
 LAST_CHANNEL = "last_channel"
+#: start masks that the inputs carry (refine-my-mask): ``"last_channel"`` and ``"annotator_channels"``
+INPUT_STARTS = (LAST_CHANNEL, ANNOTATOR_CHANNELS)
 
 
 @dataclass
@@ -83,7 +85,11 @@ class IterativeRefinementInferer(Inferer):
             ``"empty"`` (zeros), ``"full"`` (ones), or a callable ``images (B, C, *spatial) -> (B, 1, *spatial)``;
             or ``"last_channel"``: the inputs' last channel is the start mask, binarized at 0.5 (refine-my-mask for
             callers such as MONAI Label that only call ``inferer(images, network)``: an existing label appended by
-            :class:`~fanet_monai.refine_label.StartMaskFromLabeld`).
+            :class:`~fanet_monai.refine_label.StartMaskFromLabeld`); or ``"annotator_channels"``: the inputs' last
+            two channels are an annotator's label codes and the pixels they reviewed (``StartMaskFromLabeld`` with
+            ``keep=True``): the label's foreground is the start mask and every reviewed pixel keeps the annotator's
+            label at every pass (:class:`~fanet_monai.inferers.review.AnnotatorConstraint`), so refinement predicts
+            only the rest.
         feedback: ``"binary"`` (paper: ``sigmoid(logits) > threshold`` as 0/1) or ``"probability"`` (the sigmoid
             map itself).
         threshold: probability threshold in ``(0, 1)`` for binary feedback and for the early-stop comparison (one
@@ -117,7 +123,7 @@ class IterativeRefinementInferer(Inferer):
     ) -> None:
         super().__init__()
         self.num_passes = check_num_passes(num_passes)
-        if start_mask != LAST_CHANNEL:
+        if start_mask not in INPUT_STARTS:
             check_start_mask(start_mask, allow_callable=True)
         check_feedback_mode(feedback)
         if not 0.0 < threshold < 1.0:
@@ -193,6 +199,11 @@ class IterativeRefinementInferer(Inferer):
             if mask is not None:
                 raise ValueError("start_mask='last_channel' takes the mask from the inputs: do not pass mask= too.")
             images, mask = images[:, :-1], (images[:, -1:] > 0.5).to(images.dtype)
+        elif self.start_mask == ANNOTATOR_CHANNELS:
+            if mask is not None or constraint is not None:
+                raise ValueError(f"start_mask={ANNOTATOR_CHANNELS!r} takes the annotator's label from the inputs: do "
+                                 "not pass mask= or constraint= too.")
+            images, mask, constraint = split_annotator_channels(images)
         check_mask(images, mask)
         batch = images.shape[0]
         if mask is None:

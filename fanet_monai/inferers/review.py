@@ -28,11 +28,14 @@ import torch
 
 from fanet_monai.feedback.masks import discrete_prediction, start_mask
 
-__all__ = ["WHERE_TO_LOOK", "AnnotatorConstraint", "confidence_map", "instability_map", "start_disagreement_map",
-           "where_to_look"]
+__all__ = ["ANNOTATOR_CHANNELS", "WHERE_TO_LOOK", "AnnotatorConstraint", "confidence_map", "instability_map",
+           "split_annotator_channels", "start_disagreement_map", "where_to_look"]
 
 #: the where-to-look maps :func:`where_to_look` makes
 WHERE_TO_LOOK = ("instability", "starts", "confidence")
+#: ``IterativeRefinementInferer(start_mask=ANNOTATOR_CHANNELS)``: the inputs end with two channels, the annotator's
+#: label codes and the reviewed mask (:class:`~fanet_monai.refine_label.StartMaskFromLabeld` with ``keep=True``).
+ANNOTATOR_CHANNELS = "annotator_channels"
 #: logits that saturate the sigmoid / softmax: a constrained pixel's label, beyond any threshold
 SATURATED = 20.0
 
@@ -58,6 +61,13 @@ class AnnotatorConstraint:
         reviewed = torch.ones_like(label, dtype=torch.bool) if unreviewed_value is None else label != unreviewed_value
         return cls(torch.where(reviewed, label, torch.zeros_like(label)).float(), reviewed)
 
+    @classmethod
+    def from_channels(cls, codes: torch.Tensor, reviewed: torch.Tensor) -> "AnnotatorConstraint":
+        """From the two channels :class:`~fanet_monai.refine_label.StartMaskFromLabeld` appends with
+        ``keep=True``: the annotator's label codes and the reviewed mask, ``(B, 1, *spatial)`` each, possibly
+        interpolated on the way (2-D resizing): codes are rounded, reviewed is ``> 0.5``."""
+        return cls(codes.detach().round().clamp(min=0).float(), reviewed.detach() > 0.5)
+
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` ``(b, 1 or K + 1, *spatial)`` with every reviewed pixel set to a saturated logit of the
         annotator's label (a new tensor); ``b`` rows must match the constraint's (see :meth:`rows`)."""
@@ -79,6 +89,19 @@ class AnnotatorConstraint:
         """The constraint for ``times`` copies of the batch stacked along the batch axis."""
         return AnnotatorConstraint(self.labels.repeat(times, *([1] * (self.labels.ndim - 1))),
                                    self.reviewed.repeat(times, *([1] * (self.reviewed.ndim - 1))))
+
+
+def split_annotator_channels(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, AnnotatorConstraint]:
+    """``(images, start mask, constraint)`` from inputs ``(B, C + 2, *spatial)`` whose last two channels are the
+    annotator's label codes and reviewed mask: the start mask is the label's foreground (``codes > 0.5``), the
+    constraint keeps every reviewed pixel's label."""
+    if inputs.shape[1] < 3:
+        raise ValueError(
+            f"start_mask={ANNOTATOR_CHANNELS!r} expects the image channels followed by the annotator's label and its "
+            f"reviewed mask, got {inputs.shape[1]} channels (input shape {tuple(inputs.shape)})."
+        )
+    images, codes, reviewed = inputs[:, :-2], inputs[:, -2:-1], inputs[:, -1:]
+    return images, (codes > 0.5).to(images.dtype), AnnotatorConstraint.from_channels(codes, reviewed)
 
 
 def instability_map(passes: Sequence[torch.Tensor], threshold: float = 0.5) -> torch.Tensor:
