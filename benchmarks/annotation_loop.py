@@ -425,20 +425,34 @@ def plot(records: list[dict], path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------------ main
 def smoke(work: Path) -> list[str]:
-    """Train a tiny 2-D run on synthetic images (patch mode, the layout ``native_resolution.py`` writes)."""
+    """Tiny trained runs in the layouts the other benchmarks write: a 2-D patch-mode run on synthetic images
+    (``native_resolution.py``) and a 3-D run on synthetic two-class volumes (``volumes.py``)."""
     from fanet_monai.cli import run
-    from fanet_monai.data import make_synthetic_dataset
+    from fanet_monai.data import make_synthetic_dataset, make_volume_dataset
     from fanet_monai.run import release_claims
 
     data = work / "data"
     for split, seed in (("train", 0), ("test", 1)):
         make_synthetic_dataset(data / "fold0" / split, num_images=4, height=48, width=48, seed=seed)
     root = work / "runs" / "fanet_patch-fold0-seed0"
+    common = ["--batch_size", "2", "--show_progress", "False", "--num_workers", "0", "--num_passes", "2",
+              "--network_def#channels", "[4,8,8,8]"]
     assert run(["train", str(data / "fold0" / "train"), "--bundle_root", str(root), "--max_epochs", "2",
-                "--batch_size", "2", "--show_progress", "False", "--num_workers", "0", "--num_passes", "2",
-                "--input_mode", "patch", "--patch_size", "[32,32]", "--network_def#channels", "[4,8,8,8]"]) == 0
+                "--input_mode", "patch", "--patch_size", "[32,32]", *common]) == 0
     release_claims()
-    return [f"smoke=2d:{work / 'runs'}:{data}"]
+    volumes = make_volume_dataset(work / "volumes", num_volumes=4, shape=(20, 20, 16), kind="blobs", seed=0)
+    items = [{"image": str(p), "label": str(volumes / "masks" / p.name)}
+             for p in sorted((volumes / "images").iterdir())]
+    labels = {"0": "background", "1": "one", "2": "two"}
+    folds = work / "folds"
+    folds.mkdir(exist_ok=True)
+    (folds / "fold0.json").write_text(json.dumps({"labels": labels, "modality": {"0": "MR"}, "training": items[:2],
+                                                 "validation": items[2:]}))
+    root3d = work / "runs3d" / "fanet_3d-fold0-seed0-epochs"
+    assert run(["train", str(folds / "fold0.json"), "--bundle_root", str(root3d), "--max_epochs", "1",
+                "--patch_size", "[16,16,16]", *common]) == 0
+    release_claims()
+    return [f"smoke=2d:{work / 'runs'}:{data}", f"smoke3d=3d:{work / 'runs3d'}:{folds}"]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

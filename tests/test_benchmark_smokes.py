@@ -1,5 +1,5 @@
-"""The native-resolution, volume and ONNX Runtime benchmarks run every step at tiny sizes (their ``--smoke``
-modes) and report what they measured; the tables in the README come from the same code at full size."""
+"""The native-resolution, volume, annotation-loop and ONNX Runtime benchmarks run every step at tiny sizes (their
+``--smoke`` modes) and report what they measured; the tables in the README come from the same code at full size."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from benchmarks import native_resolution, volumes
+from benchmarks import annotation_loop, native_resolution, volumes
 
 
 @pytest.mark.slow
@@ -60,3 +60,24 @@ def test_series_overhead_benchmark_smoke_times_bare_inference_and_the_series_pat
     assert row["bare_s"] > 0 and row["overhead"] == pytest.approx(row["series_s"] / row["bare_s"])
     assert 0 < row["bare_gib"] < 16 and 0 < row["series_gib"] < 16
     assert "| overhead |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_annotation_loop_smoke_measures_maps_partial_labels_and_correction_loops(tmp_path, capsys):
+    records = annotation_loop.main(["--smoke", "--workdir", str(tmp_path)])
+    assert {r["source"] for r in records} == {"smoke", "smoke3d"} and len(records) == 4
+    for r in records:
+        assert set(r["detection"]) == set(annotation_loop.MAPS)
+        for scores in r["detection"].values():
+            assert all(0 <= scores[k] <= 1 for k in ("ap", "auroc", "top1", "top5", "top10") if scores[k] == scores[k])
+        assert r["partial"]["keep reviewed"]["reviewed"] == 1.0  # the annotator's reviewed pixels, kept exactly
+        assert r["partial"]["label"]["reviewed"] == 1.0
+        for strategy, rows in r["loop"].items():
+            assert [row["step"] for row in rows] == list(range(4))
+            corrected = [row["corrected"] for row in rows]
+            assert corrected == sorted(corrected)  # the annotator's effort only grows
+            if "refine" not in strategy:  # by hand: the mask is exactly the corrected one
+                assert all(row["dice"] == row["corrected_dice"] for row in rows)
+    out = capsys.readouterr().out
+    assert "| keep reviewed |" in out and "| hand, oracle |" in out and "AUROC" in out
+    assert (tmp_path / "annotation_loop.png").stat().st_size > 0

@@ -23,7 +23,8 @@ from fanet_monai.dicom.predictor import ModelIdentity
 from fanet_monai.dicom.samples import make_ct_series, save
 from fanet_monai.dicom.seg import SegSettings
 from fanet_monai.dicom.series_pipeline import SeriesResult
-from fanet_monai.dicom.series_seg import build_series_segmentation
+from fanet_monai.dicom.seg import review_model
+from fanet_monai.dicom.series_seg import build_series_review, build_series_segmentation, series_seg_sop_uid
 from fanet_monai.dicom.sr import build_volume_report, segment_volumes
 
 needs_orthanc = pytest.mark.skipif(
@@ -200,3 +201,31 @@ def test_fanet_pacs_with_a_volume_run_stores_what_dicom_infer_writes(orthanc, tm
     assert len(_instances(orthanc, "SEG")) == 1 and len(_instances(orthanc, "SR")) == 1
     text = logged.out + logged.err + capsys.readouterr().err
     assert ORTHANC_PASSWORD not in text and str(series[0].PatientName) not in text
+
+
+def review_segment(volumes: dict) -> dict:
+    """:func:`threshold_segment` plus a where-to-look map (high near the 0 HU edge) as a "review" SEG."""
+    out = threshold_segment(volumes)
+    for uid, result in out.items():
+        look = np.clip(1.0 - np.abs(result.volume.array) / 100.0, 0.0, 1.0).astype(np.float32)
+        result.review = build_series_review(result.volume, look, MODEL, SETTINGS, {"where_to_look": "instability"})
+    return out
+
+
+@needs_orthanc
+def test_with_the_map_on_a_series_gets_its_review_seg_in_the_same_store(orthanc, tmp_path):
+    """``fanet pacs --where_to_look``: SEG, volume report and the FRACTIONAL review SEG in one STOW-RS; a series
+    stored before the map was switched on (no review SEG) is done again, once."""
+    first, second = make_ct_series(_hounsfield(0)), make_ct_series(_hounsfield(1))
+    _upload(orthanc, second, tmp_path / "second")
+    plain = PacsSeriesSegmenter(connect(orthanc.dicomweb, CREDENTIALS), MODEL, threshold_segment, stable_for=0)
+    assert plain.run_once().done == 1 and _instances(orthanc, "SEG") and len(_instances(orthanc, "SEG")) == 1
+    _upload(orthanc, first, tmp_path / "first")
+    mapped = PacsSeriesSegmenter(connect(orthanc.dicomweb, CREDENTIALS), MODEL, review_segment, stable_for=0,
+                                 review=True)
+    assert mapped.run_once().done == 2  # the new series, and the old one for its missing review SEG
+    segs = {r["00080018"]["Value"][0] for r in _instances(orthanc, "SEG")}
+    for ds in (first[0], second[0]):
+        assert series_seg_sop_uid(ds.SeriesInstanceUID, review_model(MODEL)) in segs
+    assert len(segs) == 4 and len(_instances(orthanc, "SR")) == 2  # same UIDs: nothing stored twice
+    assert mapped.run_once().done == 0

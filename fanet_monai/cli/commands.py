@@ -99,8 +99,10 @@ class FanetCLI:
         ``dataset_dir``: a folder, its ``images/``, or a datalist JSON. Every image is read before anything is
         written; unreadable ones are all reported (``--skip_bad True`` segments the others and lists them). Uses
         the run's stored settings unless given. PNG masks for bitmaps, NIfTI for NIfTI. Refine-my-mask:
-        ``--start_mask_dir MASKS`` starts each image's refinement from the mask of the same file stem in ``MASKS``
-        (an existing, rough label) instead of Otsu's threshold. ``--where_to_look True`` (or ``starts``,
+        ``--start_mask_dir MASKS`` starts each image's refinement from the label of the same file stem in
+        ``MASKS`` instead of Otsu's threshold and keeps what the annotator drew (``--unreviewed_value 128``: the
+        value of pixels not looked at yet, all others are kept too; ``--keep_annotator_label False``: the label is
+        only the start, for a rough label the network should reshape). ``--where_to_look True`` (or ``starts``,
         ``confidence``) also writes where a person should look: ``<name>_where_to_look.png`` (heat map) or a
         float32 volume beside each mask. ``--runtime onnxruntime`` runs the network in ONNX Runtime (exported from
         ``model.pt`` at start; the ``onnx`` extra). Exit code 3 when images were skipped."""

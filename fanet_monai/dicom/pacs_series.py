@@ -38,8 +38,10 @@ from fanet_monai.dicom.predictor import ModelIdentity
 from fanet_monai.dicom.reader import SourceError
 from fanet_monai.dicom.series import SeriesError, find_series, read_series
 from fanet_monai.dicom.series_pipeline import segment_series
+from fanet_monai.dicom.seg import review_model
 from fanet_monai.dicom.series_seg import series_seg_sop_uid
 from fanet_monai.dicom.sr import volume_report_uid
+from fanet_monai.where_to_look import check_where_to_look
 
 __all__ = ["PacsSeriesSegmenter", "SeriesRef", "SeriesStability"]
 
@@ -97,8 +99,10 @@ class PacsSeriesSegmenter(PacsPoller):
 
     def __init__(self, client: DICOMwebClient, model: ModelIdentity, segment: Callable[[dict], dict],
                  modalities: Sequence[str] = ("CT", "MR"), stable_for: float = 60.0,
-                 wait_for_stable: bool = True, batch_size: int = 4) -> None:
+                 wait_for_stable: bool = True, batch_size: int = 4, review: bool = False) -> None:
         self.client, self.model, self.segment = client, model, segment
+        #: the where-to-look map is on: a series is done only with its "review" SEG stored too
+        self.review = bool(review)
         self.modalities = tuple(modalities)
         self.stability = SeriesStability(float(stable_for))
         self.wait_for_stable, self.batch_size = wait_for_stable, max(1, int(batch_size))
@@ -115,9 +119,11 @@ class PacsSeriesSegmenter(PacsPoller):
             uids |= {uid for uid in (_uid(r, "00080018") for r in found) if uid}
         return uids
 
-    def expected(self, series_uid: str) -> tuple[str, str]:
-        """The SOP Instance UIDs of the series' SEG and volume report from this model."""
-        return series_seg_sop_uid(series_uid, self.model), volume_report_uid(series_uid, self.model)
+    def expected(self, series_uid: str) -> tuple[str, ...]:
+        """The SOP Instance UIDs of the series' SEG and volume report from this model (and of its "review" SEG, the
+        where-to-look map, when that is on)."""
+        uids = (series_seg_sop_uid(series_uid, self.model), volume_report_uid(series_uid, self.model))
+        return uids + ((series_seg_sop_uid(series_uid, review_model(self.model)),) if self.review else ())
 
     def listed(self) -> list[SeriesRef]:
         """QIDO-RS: the series of the configured modalities."""
@@ -163,7 +169,8 @@ class PacsSeriesSegmenter(PacsPoller):
         uid = series.series_uid
         with _pacs_call(f"STOW-RS of the SEG and volume report of series {uid}"):
             try:
-                response = self.client.store_instances([result.seg, result.report])
+                review = [result.review] if getattr(result, "review", None) is not None else []
+                response = self.client.store_instances([result.seg, result.report, *review])
             except requests.HTTPError as error:
                 if error.response is not None and error.response.status_code >= 500:
                     raise
@@ -236,4 +243,5 @@ def run_pacs_series(client: DICOMwebClient, bundle_root: str, bundle_dir: str | 
     def segment(volumes: dict) -> dict:
         return segment_series(volumes, model, bundle_root, bundle_dir, **overrides)
 
-    return PacsSeriesSegmenter(client, model, segment, stable_for=stable_for, wait_for_stable=not watch)
+    return PacsSeriesSegmenter(client, model, segment, stable_for=stable_for, wait_for_stable=not watch,
+                               review=check_where_to_look(overrides.get("where_to_look")) is not None)
