@@ -339,6 +339,19 @@ def reached(rows: list[dict], target: float) -> float:
     return float(hit[0]) if hit else float("nan")
 
 
+def dice_at(rows: list[dict], pixels: float) -> float:
+    """The Dice of a correction curve at ``pixels`` corrected pixels (linear between its steps)."""
+    x = [r["corrected"] for r in rows]
+    return float(np.interp(pixels, x, [r["dice"] for r in rows]))
+
+
+def equal_effort(record: dict, strategy: str) -> float:
+    """``strategy``'s Dice at the smallest total of corrected pixels among all strategies (the same annotator
+    effort for every strategy)."""
+    budget = min(record["loop"][s][-1]["corrected"] for s in STRATEGIES)
+    return dice_at(record["loop"][strategy], budget)
+
+
 def report(records: list[dict]) -> str:
     lines = []
     for source in sorted({r["source"] for r in records}):
@@ -368,11 +381,12 @@ def report(records: list[dict]) -> str:
         steps = len(rs[0]["loop"][STRATEGIES[0]]) - 1
         half = steps // 2
         lines += ["", f"Simulated annotation ({steps} boxes): Dice after steps 0 / {half} / {steps}; pixels the "
-                  "annotator changed in all; pixels needed to reach the lowest final Dice of all strategies (the "
-                  "same Dice for every strategy: fewer is better); refinements that ended more than 0.001 Dice "
-                  "below their corrected mask, and the largest such drop",
-                  f"| strategy | Dice 0 | Dice {half} | Dice {steps} | corrected px | px to common Dice | drops "
-                  "(> 0.001) | largest drop |", "|---|---|---|---|---|---|---|---|"]
+                  "annotator changed in all; Dice at equal effort (each curve at the smallest total of corrected "
+                  "pixels among the strategies); pixels needed to reach the lowest final Dice of all strategies "
+                  "(fewer is better); refinements that ended more than 0.001 Dice below their corrected mask, and "
+                  "the largest such drop",
+                  f"| strategy | Dice 0 | Dice {half} | Dice {steps} | corrected px | Dice at equal effort | px to "
+                  "common Dice | drops (> 0.001) | largest drop |", "|---|---|---|---|---|---|---|---|---|"]
         for strategy in STRATEGIES:
             def target(r):
                 common = min(r["loop"][s][-1]["dice"] for s in STRATEGIES)
@@ -381,12 +395,18 @@ def report(records: list[dict]) -> str:
             drops = sum(1 for f in falls if f > 1e-3)
             cells = [_cell(_per_pair(rs, lambda r, s=s: r["loop"][strategy][s]["dice"])) for s in (0, half, steps)]
             cells.append(_cell(_per_pair(rs, lambda r: r["loop"][strategy][-1]["corrected"]), 0))
+            cells.append(_cell(_per_pair(rs, lambda r: equal_effort(r, strategy))))
             cells.append(_cell(_per_pair(rs, target), 0))
             cells += [f"{drops}/{len(falls)}", f"{max(0.0, max(falls)):.4f}"]
             lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
         px = {s: _per_pair(rs, lambda r, s=s: reached(r["loop"][s], min(r["loop"][t][-1]["dice"] for t in STRATEGIES)))
               for s in STRATEGIES}
-        lines.append(f"\nPixels to the common Dice, look+refine − hand (look order): "
+        effort = {s: _per_pair(rs, lambda r, s=s: equal_effort(r, s)) for s in STRATEGIES}
+        lines.append(f"\nDice at equal effort, look+refine − hand (look order): "
+                     f"{paired_difference(effort['look+refine'], effort['hand, look order'])}; look+refine − "
+                     f"confidence+refine: {paired_difference(effort['look+refine'], effort['confidence+refine'])}; "
+                     f"look+refine − hand (oracle): {paired_difference(effort['look+refine'], effort['hand, oracle'])}")
+        lines.append(f"Pixels to the common Dice, look+refine − hand (look order): "
                      f"{paired_difference(px['look+refine'], px['hand, look order'], 0)}; look+refine − "
                      f"confidence+refine: {paired_difference(px['look+refine'], px['confidence+refine'], 0)}")
         final = {s: _per_pair(rs, lambda r, s=s: r["loop"][s][-1]["dice"]) for s in STRATEGIES}
