@@ -291,3 +291,27 @@ def test_watch_picks_up_a_later_upload_and_stops_on_sigterm(orthanc, tiny_bundle
                                                                                  later.SOPInstanceUID])
     for secret in (*PHI, ORTHANC_PASSWORD):
         assert secret not in text
+
+
+@needs_orthanc
+@pytest.mark.slow
+def test_pacs_with_the_map_on_stores_the_review_seg_beside_each_seg(orthanc, tiny_bundle_root, tmp_path,
+                                                                    monkeypatch):
+    """``fanet pacs --where_to_look True``: each source gets its SEG and its FRACTIONAL "review" SEG (the map) in the
+    same store; a second run stores nothing."""
+    monkeypatch.setenv(ENV_USERNAME, ORTHANC_USER)
+    monkeypatch.setenv(ENV_PASSWORD, ORTHANC_PASSWORD)
+    monkeypatch.delenv(ENV_TOKEN, raising=False)
+    source = make_source(smooth_rgb(50, 62, 3), "ES")
+    upload_all(orthanc, tmp_path / "sources", {"es": source})
+    args = [*cli_args(orthanc.dicomweb, tiny_bundle_root), "--where_to_look=starts"]
+    with pytest.raises(SystemExit) as first:
+        fire.Fire(FanetCLI, command=args)
+    assert first.value.code == 0
+    segs = orthanc.seg_instances()
+    assert len(segs) == 2 and {referenced_uid(s) for s in segs} == {source.SOPInstanceUID}
+    (review,) = [s for s in segs if " review " in s.SeriesDescription]
+    assert review.SegmentationType == "FRACTIONAL"
+    with pytest.raises(SystemExit) as second:
+        fire.Fire(FanetCLI, command=args)
+    assert second.value.code == 0 and len(orthanc.seg_instances()) == 2
