@@ -59,6 +59,8 @@ def configurations(widths: list[int], num_classes: int) -> dict[str, tuple[str, 
     w = list(widths)
     return {
         "fanet_3d": ("FANet 3-D (feedback, refined)", {"network_def#channels": w}, True),
+        "fanet_3d_nolast": ("FANet 3-D without the last decoder MixPool (feedback, refined)",
+                            {"network_def#channels": w, "network_def#final_mixpool": False}, True),
         "fanet_slice": ("FANet 2-D over axial slices (refined)", {"volume_mode": "slice", "network_def#channels": w},
                         True),
         "basicunet_3d": ("MONAI BasicUNet 3-D", {"network_def": _image_only(

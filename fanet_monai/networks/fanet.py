@@ -90,6 +90,11 @@ class FANet(nn.Module):
             (and its feature branch) needs an even width, so e.g. ``(4, 8, 8, 8)``.
         blocks_per_stage: SE-residual blocks per stage (paper: 2; Table XI ablates 1, 3 and 4).
         mixpool_stages: override of the variant's MixPool stages, names from :func:`mixpool_stage_names`.
+        final_mixpool: keep a MixPool block in the last decoder stage (the one the head reads) when the variant or
+            ``mixpool_stages`` put one there. ``False`` drops it: measured on 3-D two-class MR (Decathlon
+            hippocampus, narrow widths) that block stalls training — the head then reads half of a handful of
+            channels through the hard mask — while the other seven MixPool blocks train (the volume bundle's
+            default; see the README's volume study).
         mixpool_feature_branch: keep MixPool's unmasked feature branch (``False``: Table XI "w/o F_l").
         straight_through: straight-through gradient for MixPool's thresholded learned map, so that its
             parameters train (off = reference behaviour: they never receive a gradient).
@@ -114,6 +119,7 @@ class FANet(nn.Module):
         channels: Sequence[int] = (32, 64, 128, 256),
         blocks_per_stage: int = 2,
         mixpool_stages: Sequence[str] | None = None,
+        final_mixpool: bool = True,
         mixpool_feature_branch: bool = True,
         straight_through: bool = False,
         se_hidden_channels: int | None = None,
@@ -138,6 +144,8 @@ class FANet(nn.Module):
         unknown = sorted(set(mixpool_stages) - set(stage_names))
         if unknown:
             raise ValueError(f"unknown MixPool stages {unknown}; valid names: {list(stage_names)}.")
+        if not final_mixpool:
+            mixpool_stages = [s for s in mixpool_stages if s != f"decoder{depth}"]
         decoder_widths = list(channels[-2::-1]) + [channels[0] // 2]
         if mixpool_feature_branch:
             widths = dict(zip(stage_names, list(channels) + decoder_widths))
