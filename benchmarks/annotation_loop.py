@@ -31,10 +31,11 @@ Per test image:
    refinement: a perfect human eye). Per step: corrected pixels so far (the pixels the annotator changed), Dice of
    the corrected mask, Dice after refinement; a refinement that ends below its corrected mask is counted.
 
-Sources (``--source NAME=KIND:RUNS:DATA``): ``KIND`` ``2d`` with ``RUNS`` a folder of run roots named
-``fanet*-fold{F}-seed{S}`` (``benchmarks/native_resolution.py``) and ``DATA`` its ``data_*`` folder (``fold{F}/
-test/images|masks``), or ``3d`` with ``RUNS`` a folder of ``fanet_3d-fold{F}-seed{S}*`` runs
-(``benchmarks/volumes.py``) and ``DATA`` its fold datalist folder (``fold{F}.json``, ``validation`` = test).
+Sources (``--source NAME=KIND:RUNS:DATA[:CONFIG]``): ``KIND`` ``2d`` with ``RUNS`` a folder of run roots named
+``<config>-fold{F}-seed{S}`` (``benchmarks/native_resolution.py``) and ``DATA`` its ``data_*`` folder (``fold{F}/
+test/images|masks``), or ``3d`` with ``RUNS`` a folder of ``<config>-fold{F}-seed{S}-<budget>`` runs
+(``benchmarks/volumes.py``) and ``DATA`` its fold datalist folder (``fold{F}.json``, ``validation`` = test);
+``CONFIG`` picks one configuration (default: every ``fanet*`` run).
 
     python benchmarks/annotation_loop.py \\
         --source isbi=2d:runs/native/isbi:runs/native/data_isbi \\
@@ -80,9 +81,9 @@ TOP = (0.01, 0.05, 0.10)
 class Model:
     """A trained run as ``fanet infer`` runs it: preprocessing, network, refinement inferer, class count."""
 
-    def __init__(self, run: Path, volume: bool) -> None:
+    def __init__(self, run: Path, volume: bool, overrides: dict | None = None) -> None:
         names = ("inference", "volume") if volume else ("inference",)
-        overrides = with_run_settings("infer", run, names, {"num_workers": 0})
+        overrides = with_run_settings("infer", run, names, {"num_workers": 0, **(overrides or {})})
         ckpt = latest_intact_checkpoint(run / "models")
         self.workflow = load_workflow(bundle_configs(*names), "run", bundle_root=str(run), ckpt_path=str(ckpt),
                                       output_dir=tempfile.mkdtemp(prefix="fanet-loop-"), **overrides)
@@ -268,21 +269,23 @@ def test_volumes(model: Model, data: Path, fold: int, count: int) -> list[tuple]
 
 
 # ------------------------------------------------------------------------------------------------------ runs
-def runs_of(folder: Path, volume: bool) -> list[tuple[int, int, Path]]:
-    """``(fold, seed, run root)`` of the FANet runs under ``folder``."""
+def runs_of(folder: Path, config: str | None = None) -> list[tuple[int, int, Path]]:
+    """``(fold, seed, run root)`` of the FANet runs under ``folder`` (``<config>-fold{F}-seed{S}[-budget]``; any
+    ``fanet*`` configuration when ``config`` is ``None``)."""
     found = []
     for run in sorted(folder.iterdir()):
-        match = re.match(r"fanet(?:_3d|_patch)?-fold(\d+)-seed(\d+)", run.name)
-        if match and (run / "models").is_dir() and (not volume or run.name.startswith("fanet_3d")):
-            found.append((int(match.group(1)), int(match.group(2)), run))
+        match = re.match(r"(fanet\w*?)-fold(\d+)-seed(\d+)", run.name)
+        if match and (run / "models").is_dir() and config in (None, match.group(1)):
+            found.append((int(match.group(2)), int(match.group(3)), run))
     return found
 
 
-def evaluate_source(name: str, kind: str, runs: Path, data: Path, args: argparse.Namespace, log: Path) -> None:
+def evaluate_source(name: str, kind: str, runs: Path, data: Path, args: argparse.Namespace, log: Path,
+                    config: str | None = None) -> None:
     volume = kind == "3d"
     done = {(r["source"], r["fold"], r["seed"], r["image"]) for r in load_records(log)}
-    for fold, seed, run in runs_of(runs, volume):
-        model = Model(run, volume)
+    for fold, seed, run in runs_of(runs, config):
+        model = Model(run, volume, args.override)
         images = (test_volumes(model, data, fold, args.images) if volume
                   else test_images_2d(model, data, fold, args.images, args.crop))
         for image_name, image, truth in images:
@@ -482,10 +485,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--crop", type=int, default=None, help="2-D: score the central CROP square of each image")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--box", type=float, default=0.125, help="correction box side, fraction of the image side")
+    parser.add_argument("--override", nargs="*", default=[], metavar="ID=JSON",
+                        help="config overrides for every run's network (e.g. network_def#channels=[8,16,32,64] for "
+                             "runs of benchmarks/volumes.py, whose run.json does not record them)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic run, 3 steps (CI)")
     args = parser.parse_args(argv)
+    args.override = {k: json.loads(v) for k, _, v in (o.partition("=") for o in args.override)}
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fanet-annotation-"))
     work.mkdir(parents=True, exist_ok=True)
     log = work / "records.jsonl"
@@ -494,10 +501,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not args.report:
         for spec in args.source:
             name, _, rest = spec.partition("=")
-            kind, runs, data = rest.split(":", 2)
-            if kind not in ("2d", "3d"):
-                raise SystemExit(f"--source {spec}: KIND must be 2d or 3d.")
-            evaluate_source(name, kind, Path(runs), Path(data), args, log)
+            kind, runs, data, *config = rest.split(":")
+            if kind not in ("2d", "3d") or len(config) > 1:
+                raise SystemExit(f"--source {spec}: expected NAME=KIND:RUNS:DATA[:CONFIG], KIND 2d or 3d.")
+            evaluate_source(name, kind, Path(runs), Path(data), args, log, config[0] if config else None)
     records = load_records(log)
     if not records:
         raise SystemExit(f"{log}: no records yet (give --source).")

@@ -74,6 +74,11 @@ def test_variants_place_mixpool_in_the_right_stages():
     assert FANet(channels=SMALL, variant="B4").refinement_passes == 10
     custom = FANet(channels=SMALL, mixpool_stages=["encoder2", "decoder1"])
     assert stages(custom) == ["encoder2", "decoder1"]
+    assert stages(FANet(channels=SMALL, final_mixpool=False)) == list(mixpool_stage_names())[:-1]
+    assert stages(FANet(channels=SMALL, variant="B3", final_mixpool=False)) == ["encoder1"]
+    three = FANet(3, 1, 3, channels=(4, 8, 8), final_mixpool=False)  # the last stage of any depth
+    assert [s.mixpool is None for s in three.decoder] == [False, False, True]
+    assert three(torch.rand(1, 2, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
 
 
 def test_bad_configuration_is_rejected_clearly():
