@@ -73,6 +73,8 @@ from fanet_monai.inferers import AnnotatorConstraint, confidence_map, instabilit
 MAPS = ("instability", "starts", "confidence")
 STRATEGIES = ("look+refine", "look+refine, local", "confidence+refine", "random+refine", "hand, look order",
               "hand, oracle")
+#: the strategies that set the common effort and Dice of the comparisons (random boxes may find almost no errors)
+GUIDED = tuple(s for s in STRATEGIES if not s.startswith("random"))
 PARTIAL = ("label", "start only", "keep drawn", "keep reviewed")
 TOP = (0.01, 0.05, 0.10)
 
@@ -349,9 +351,9 @@ def dice_at(rows: list[dict], pixels: float) -> float:
 
 
 def equal_effort(record: dict, strategy: str) -> float:
-    """``strategy``'s Dice at the smallest total of corrected pixels among all strategies (the same annotator
+    """``strategy``'s Dice at the smallest total of corrected pixels among the guided strategies (the same annotator
     effort for every strategy)."""
-    budget = min(record["loop"][s][-1]["corrected"] for s in STRATEGIES)
+    budget = min(record["loop"][s][-1]["corrected"] for s in GUIDED)
     return dice_at(record["loop"][strategy], budget)
 
 
@@ -385,14 +387,14 @@ def report(records: list[dict]) -> str:
         half = steps // 2
         lines += ["", f"Simulated annotation ({steps} boxes): Dice after steps 0 / {half} / {steps}; pixels the "
                   "annotator changed in all; Dice at equal effort (each curve at the smallest total of corrected "
-                  "pixels among the strategies); pixels needed to reach the lowest final Dice of all strategies "
+                  "pixels among the map-guided strategies); pixels needed to reach the lowest final Dice of those "
                   "(fewer is better); refinements that ended more than 0.001 Dice below their corrected mask, and "
                   "the largest such drop",
                   f"| strategy | Dice 0 | Dice {half} | Dice {steps} | corrected px | Dice at equal effort | px to "
                   "common Dice | drops (> 0.001) | largest drop |", "|---|---|---|---|---|---|---|---|---|"]
         for strategy in STRATEGIES:
             def target(r):
-                common = min(r["loop"][s][-1]["dice"] for s in STRATEGIES)
+                common = min(r["loop"][s][-1]["dice"] for s in GUIDED)
                 return reached(r["loop"][strategy], common)
             falls = [row["corrected_dice"] - row["dice"] for r in rs for row in r["loop"][strategy][1:]]
             drops = sum(1 for f in falls if f > 1e-3)
@@ -402,7 +404,7 @@ def report(records: list[dict]) -> str:
             cells.append(_cell(_per_pair(rs, target), 0))
             cells += [f"{drops}/{len(falls)}", f"{max(0.0, max(falls)):.4f}"]
             lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
-        px = {s: _per_pair(rs, lambda r, s=s: reached(r["loop"][s], min(r["loop"][t][-1]["dice"] for t in STRATEGIES)))
+        px = {s: _per_pair(rs, lambda r, s=s: reached(r["loop"][s], min(r["loop"][t][-1]["dice"] for t in GUIDED)))
               for s in STRATEGIES}
         effort = {s: _per_pair(rs, lambda r, s=s: equal_effort(r, s)) for s in STRATEGIES}
         lines.append(f"\nDice at equal effort, look+refine − hand (look order): "

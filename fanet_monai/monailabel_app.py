@@ -6,9 +6,9 @@ use). :func:`write_label_app` (``fanet label_app APP BUNDLE``) writes an app fol
 under ``model/<name>`` — whose :class:`FanetApp` adds to the stock behaviour:
 
 - **Inference tasks** ``<name>`` (the segmentation, with refine-my-mask's options) and ``<name>_where_to_look``: the
-  where-to-look map of the same refinement (``instability`` by default: costs no extra pass) returned *as* the
-  result, ``uint8`` 0..255 on the image's grid (255 = look here), with the image's score in the result JSON under
-  ``where_to_look_score``. Its own task, not an extra output, because MONAI Label returns one label per request and
+  where-to-look map of the same refinement (``confidence`` by default: the best error detector measured, and free)
+  returned *as* the result, ``uint8`` 0..255 on the image's grid (255 = look here), with the image's score in the
+  result JSON under ``where_to_look_score``. Its own task, not an extra output, because MONAI Label returns one label per request and
   3D Slicer and OHIF show that one; a second task lets a client fetch the map only when a person asks for it.
 - **Scoring method** ``<name>_where_to_look``: runs that task over the unlabeled images and stores each score in
   the datastore's image info (``where_to_look_score``; recomputed when the model file changes).
@@ -40,7 +40,7 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import get_bundle_models, strtobool
 
-from fanet_monai.where_to_look import SCORE_KEY, check_where_to_look
+from fanet_monai.where_to_look import DEFAULT_MAP, SCORE_KEY, check_where_to_look
 
 __all__ = ["FanetApp", "WhereToLookInferTask", "WhereToLookScoring", "STRATEGY"]
 
@@ -54,9 +54,9 @@ class WhereToLookInferTask(BundleInferTask):
     """The bundle's inference with the where-to-look map as the result (``where_to_look`` = ``method``,
     ``where_to_look_result`` on: :class:`~fanet_monai.where_to_look.WhereToLookResultd`)."""
 
-    def __init__(self, path: str, conf: Dict[str, str], method: str = "instability", **kwargs: Any) -> None:
+    def __init__(self, path: str, conf: Dict[str, str], method: str = DEFAULT_MAP, **kwargs: Any) -> None:
         super().__init__(path, conf, **kwargs)
-        self.method = check_where_to_look(method) or "instability"
+        self.method = check_where_to_look(method) or DEFAULT_MAP
         self.description = f"{self.description} — where to look ({self.method}), 255 = look here"
         self.bundle_config["where_to_look"] = self.method
         self.bundle_config["where_to_look_result"] = True
@@ -98,7 +98,7 @@ class FanetApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]) -> None:
         self.model_dir = os.path.join(app_dir, "model")
         self.models = get_bundle_models(app_dir, conf)
-        self.where_to_look_method = conf.get("where_to_look", "instability")
+        self.where_to_look_method = conf.get("where_to_look", DEFAULT_MAP)
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="FANet (fanet-monai)",
                          description="FANet feedback-attention segmentation with refine-my-mask and where-to-look",
                          version=monailabel.__version__)

@@ -1,6 +1,7 @@
 """The where-to-look map in the bundle (``fanet infer --where_to_look instability``; issue 22, item 3).
 
-``inference.json``'s ``where_to_look`` (``false``; ``true`` = ``"instability"``; or ``"starts"``, ``"confidence"``:
+``inference.json``'s ``where_to_look`` (``false``; ``true`` = :data:`DEFAULT_MAP`, ``"confidence"``; or
+``"instability"``, ``"starts"``:
 :mod:`fanet_monai.inferers.review`) wraps the refinement inferer in :class:`WhereToLookInferer`, which returns the
 logits with the map as **one more channel**. The postprocessing then moves that channel to its own key
 (:class:`SplitWhereToLookd`), where it travels with the mask through ``Invertd`` (so it lands on the input's grid,
@@ -25,10 +26,13 @@ from fanet_monai.data.files import BITMAP_SUFFIXES
 from fanet_monai.inferers.refinement import LAST_CHANNEL, IterativeRefinementInferer
 from fanet_monai.inferers.review import ANNOTATOR_CHANNELS, WHERE_TO_LOOK, split_annotator_channels, where_to_look
 
-__all__ = ["MAP_KEY", "SCORE_KEY", "SplitWhereToLookd", "WhereToLookInferer", "WhereToLookImaged",
+__all__ = ["DEFAULT_MAP", "MAP_KEY", "SCORE_KEY", "SplitWhereToLookd", "WhereToLookInferer", "WhereToLookImaged",
            "WhereToLookResultd", "check_where_to_look", "where_to_look_inferer", "where_to_look_score",
            "where_to_look_writer"]
 
+#: the map ``where_to_look=True`` means: the confidence baseline found the wrong pixels best on every data set of
+#: ``benchmarks/annotation_loop.py`` (average precision and AUROC above the feedback maps; README), and costs no pass
+DEFAULT_MAP = "confidence"
 #: the data key of the map in the postprocessing
 MAP_KEY = "where_to_look"
 #: the per-image score's name: in MONAI Label's result JSON and in its datastore's image info
@@ -42,11 +46,11 @@ def where_to_look_score(look: torch.Tensor) -> float:
 
 
 def check_where_to_look(value: Any) -> str | None:
-    """``None`` (off) for ``False``/``None``, ``"instability"`` for ``True``, else one of :data:`WHERE_TO_LOOK`."""
+    """``None`` (off) for ``False``/``None``, :data:`DEFAULT_MAP` for ``True``, else one of :data:`WHERE_TO_LOOK`."""
     if value is None or value is False:
         return None
     if value is True:
-        return "instability"
+        return DEFAULT_MAP
     if value in WHERE_TO_LOOK:
         return str(value)
     raise ValueError(f"where_to_look must be True, False or one of {list(WHERE_TO_LOOK)}, got {value!r}.")
@@ -60,10 +64,10 @@ class WhereToLookInferer(Inferer):
     ``"given"`` start of the ``"starts"`` map. With ``start_mask="annotator_channels"`` the annotator's reviewed
     pixels are kept in every refinement (the map is then 0 there: nothing left to look at)."""
 
-    def __init__(self, refinement: IterativeRefinementInferer, method: str = "instability") -> None:
+    def __init__(self, refinement: IterativeRefinementInferer, method: str = DEFAULT_MAP) -> None:
         super().__init__()
         self.refinement = refinement
-        self.method = check_where_to_look(method) or "instability"
+        self.method = check_where_to_look(method) or DEFAULT_MAP
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         images, mask, inferer = inputs, kwargs.pop("mask", None), self.refinement
