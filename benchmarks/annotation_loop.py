@@ -335,7 +335,12 @@ def _per_pair(records: list[dict], value) -> list[float]:
 
 
 def _cell(values: list[float], digits: int = 3) -> str:
-    return mean_sd(values, digits) if len(values) > 1 else f"{values[0]:.{digits}f}"
+    """mean ± sd of ``values``; NaN (not reached) values are left out and counted."""
+    found = [v for v in values if v == v]
+    if not found:
+        return "not reached"
+    text = mean_sd(found, digits) if len(found) > 1 else f"{found[0]:.{digits}f}"
+    return text if len(found) == len(values) else f"{text} ({len(found)}/{len(values)} reached)"
 
 
 def reached(rows: list[dict], target: float) -> float:
