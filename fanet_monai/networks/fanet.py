@@ -93,8 +93,8 @@ class FANet(nn.Module):
         final_mixpool: keep a MixPool block in the last decoder stage (the one the head reads) when the variant or
             ``mixpool_stages`` put one there. ``False`` drops it: measured on 3-D two-class MR (Decathlon
             hippocampus, narrow widths) that block stalls training — the head then reads half of a handful of
-            channels through the hard mask — while the other seven MixPool blocks train (the volume bundle's
-            default; see the README's volume study).
+            channels through the hard mask — while the other seven MixPool blocks train. An option: the volume
+            bundle keeps B4, since a second cause remains (README, volume study).
         mixpool_feature_branch: keep MixPool's unmasked feature branch (``False``: Table XI "w/o F_l").
         straight_through: straight-through gradient for MixPool's thresholded learned map, so that its
             parameters train (off = reference behaviour: they never receive a gradient).
