@@ -23,8 +23,8 @@ from monai.inferers import Inferer
 from monai.transforms import MapTransform, SaveImaged
 
 from fanet_monai.data.files import BITMAP_SUFFIXES
-from fanet_monai.inferers.refinement import LAST_CHANNEL, IterativeRefinementInferer
-from fanet_monai.inferers.review import ANNOTATOR_CHANNELS, WHERE_TO_LOOK, split_annotator_channels, where_to_look
+from fanet_monai.inferers.refinement import INPUT_STARTS, IterativeRefinementInferer, split_input_start
+from fanet_monai.inferers.review import WHERE_TO_LOOK, where_to_look
 
 __all__ = ["DEFAULT_MAP", "MAP_KEY", "SCORE_KEY", "SplitWhereToLookd", "WhereToLookInferer", "WhereToLookImaged",
            "WhereToLookResultd", "check_where_to_look", "where_to_look_inferer", "where_to_look_score",
@@ -72,11 +72,8 @@ class WhereToLookInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         images, mask, inferer = inputs, kwargs.pop("mask", None), self.refinement
         constraint = kwargs.pop("constraint", None)
-        if inferer.start_mask in (LAST_CHANNEL, ANNOTATOR_CHANNELS):
-            if inferer.start_mask == LAST_CHANNEL:
-                images, mask = inputs[:, :-1], (inputs[:, -1:] > 0.5).to(inputs.dtype)
-            else:
-                images, mask, constraint = split_annotator_channels(torch.as_tensor(inputs))
+        if inferer.start_mask in INPUT_STARTS:
+            images, mask, constraint = split_input_start(torch.as_tensor(inputs), inferer.start_mask)
             inferer = copy.copy(inferer)
             inferer.start_mask = "otsu"
         if args or kwargs:

@@ -23,7 +23,8 @@ from fanet_monai.feedback.masks import (
 from fanet_monai.inferers.passes import check_mask, check_num_passes, converged
 from fanet_monai.inferers.review import ANNOTATOR_CHANNELS, AnnotatorConstraint, split_annotator_channels
 
-__all__ = ["ANNOTATOR_CHANNELS", "IterativeRefinementInferer", "Refinement", "LAST_CHANNEL", "INPUT_STARTS"]
+__all__ = ["ANNOTATOR_CHANNELS", "IterativeRefinementInferer", "Refinement", "LAST_CHANNEL", "INPUT_STARTS",
+           "split_input_start"]
 
 #: ``IterativeRefinementInferer(start_mask=LAST_CHANNEL)``: the inputs carry their start mask as the last channel.
 LAST_CHANNEL = "last_channel"
@@ -50,6 +51,16 @@ class Refinement:
     def logits(self) -> torch.Tensor:
         """``(B, C, *spatial)`` logits of the last pass."""
         return self.passes[-1]
+
+
+def split_input_start(inputs: torch.Tensor, start_mask: str) -> tuple[torch.Tensor, torch.Tensor,
+                                                                      AnnotatorConstraint | None]:
+    """``(images, start mask, constraint or None)`` from inputs that carry their start (``start_mask`` one of
+    :data:`INPUT_STARTS`): the last channel binarized at 0.5, or the annotator's two channels
+    (:func:`~fanet_monai.inferers.review.split_annotator_channels`)."""
+    if start_mask == ANNOTATOR_CHANNELS:
+        return split_annotator_channels(inputs)
+    return inputs[:, :-1], (inputs[:, -1:] > 0.5).to(inputs.dtype), None
 
 
 class IterativeRefinementInferer(Inferer):
@@ -195,15 +206,13 @@ class IterativeRefinementInferer(Inferer):
             raise ValueError(f"images must be (B, C, *spatial), got shape {tuple(images.shape)}.")
         if not images.is_floating_point():
             images = images.float()
-        if self.start_mask == LAST_CHANNEL:
-            if mask is not None:
-                raise ValueError("start_mask='last_channel' takes the mask from the inputs: do not pass mask= too.")
-            images, mask = images[:, :-1], (images[:, -1:] > 0.5).to(images.dtype)
-        elif self.start_mask == ANNOTATOR_CHANNELS:
-            if mask is not None or constraint is not None:
-                raise ValueError(f"start_mask={ANNOTATOR_CHANNELS!r} takes the annotator's label from the inputs: do "
-                                 "not pass mask= or constraint= too.")
-            images, mask, constraint = split_annotator_channels(images)
+        if self.start_mask == LAST_CHANNEL and mask is not None:
+            raise ValueError("start_mask='last_channel' takes the mask from the inputs: do not pass mask= too.")
+        if self.start_mask == ANNOTATOR_CHANNELS and (mask is not None or constraint is not None):
+            raise ValueError(f"start_mask={ANNOTATOR_CHANNELS!r} takes the annotator's label from the inputs: do "
+                             "not pass mask= or constraint= too.")
+        if self.start_mask in INPUT_STARTS:
+            images, mask, constraint = split_input_start(images, self.start_mask)
         check_mask(images, mask)
         batch = images.shape[0]
         if mask is None:
