@@ -24,8 +24,8 @@ Per test image:
    each of ``--steps`` steps the annotator corrects one region (a box of side ``--box`` of the image side,
    replaced by the truth and marked reviewed), chosen where a map points most (the box with the largest mean
    value, reviewed pixels excluded). Strategies: ``look+refine`` (instability map, FANet refines from the corrected
-   mask with every reviewed pixel kept), ``look+refine, local`` (the same, but only the refinement's changes within
-   the box of twice the side around the correction are taken: the rest stays as the annotator last saw it),
+   mask with every reviewed pixel kept), ``look+refine, local`` (the same with the product's local refinement,
+   ``refine_margin`` = half a box side: pixels farther from every corrected box stay as the annotator last saw them),
    ``confidence+refine``, ``random+refine`` (a random box), ``hand, look
    order`` (the first map's boxes, no refinement) and ``hand, oracle`` (the box holding the most errors, no
    refinement: a perfect human eye). Per step: corrected pixels so far (the pixels the annotator changed), Dice of
@@ -48,6 +48,7 @@ test/images|masks``), or ``3d`` with ``RUNS`` a folder of ``<config>-fold{F}-see
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import sys
@@ -195,7 +196,9 @@ def simulate(model: Model, image: torch.Tensor, truth: torch.Tensor, strategy: s
     look_key = "confidence" if strategy.startswith("confidence") else "look"
     score_map = look[look_key]
     refines = "+refine" in strategy
-    local = strategy.endswith(", local")
+    # local: the product's refine_margin, half a box side around every reviewed pixel
+    inferer = copy.copy(model.inferer)
+    inferer.refine_margin = side // 2 if strategy.endswith(", local") else None
     reviewed = torch.zeros_like(truth, dtype=torch.bool)
     corrected = 0
     start = dice(pred, truth, k)
@@ -215,15 +218,11 @@ def simulate(model: Model, image: torch.Tensor, truth: torch.Tensor, strategy: s
         reviewed[region] = True
         corrected_dice = dice(pred, truth, k)
         if refines:
-            constraint = AnnotatorConstraint(torch.where(reviewed, truth, torch.zeros_like(truth)), reviewed.clone())
+            # the label as the annotator sends it: the corrected mask (truth on every reviewed pixel)
+            constraint = AnnotatorConstraint(pred.clone(), reviewed.clone())
             with torch.inference_mode():
-                result = model.inferer.refine(image, model.network, mask=(pred > 0).float(), constraint=constraint)
-            refined = discrete_prediction(result.logits, model.inferer.threshold)
-            if local:  # accept the refinement's changes near the corrected box only
-                near = torch.zeros_like(reviewed)
-                near[(0, 0, *_box(center, 2 * side, spatial))] = True
-                refined = torch.where(near, refined, pred)
-            pred = refined
+                result = inferer.refine(image, model.network, mask=(pred > 0).float(), constraint=constraint)
+            pred = discrete_prediction(result.logits, model.inferer.threshold)
             score_map = (instability_map(result.passes, model.inferer.threshold) if look_key == "look"
                          else confidence_map(result.logits))
         rows.append({"step": step, "corrected": corrected, "corrected_dice": corrected_dice,
@@ -285,13 +284,22 @@ def runs_of(folder: Path, config: str | None = None) -> list[tuple[int, int, Pat
 def evaluate_source(name: str, kind: str, runs: Path, data: Path, args: argparse.Namespace, log: Path,
                     config: str | None = None) -> None:
     volume = kind == "3d"
-    done = {(r["source"], r["fold"], r["seed"], r["image"]) for r in load_records(log)}
+    records = {(r["source"], r["fold"], r["seed"], r["image"]): r for r in load_records(log)}
     for fold, seed, run in runs_of(runs, config):
         model = Model(run, volume, args.override)
         images = (test_volumes(model, data, fold, args.images) if volume
                   else test_images_2d(model, data, fold, args.images, args.crop))
         for image_name, image, truth in images:
-            if (name, fold, seed, image_name) in done:
+            key = (name, fold, seed, image_name)
+            if key in records:
+                if args.rerun:  # the recorded image: recompute only these strategies' loops
+                    with torch.inference_mode():
+                        first = model.inferer.refine(image, model.network)
+                    for strategy in args.rerun:
+                        records[key]["loop"][strategy] = simulate(model, image, truth, strategy, first, args.steps,
+                                                                  args.box, np.random.default_rng(seed))
+                    log.write_text("".join(json.dumps(r) + "\n" for r in records.values()))
+                    print(f"rerun {args.rerun}: {name} fold {fold} seed {seed} {image_name}", flush=True)
                 continue
             started = time.time()
             rng = np.random.default_rng(seed)
@@ -496,6 +504,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="config overrides for every run's network (e.g. network_def#channels=[8,16,32,64] for "
                              "runs of benchmarks/volumes.py, whose run.json does not record them)")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--rerun", nargs="+", default=[], choices=STRATEGIES, metavar="STRATEGY",
+                        help="recompute only these strategies' loops of the images already recorded (a strategy "
+                             "that draws random boxes starts from a fresh generator, not the recorded run's)")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic run, 3 steps (CI)")
     args = parser.parse_args(argv)

@@ -31,6 +31,7 @@ from fanet_monai.data.files import file_stem, image_files
 from fanet_monai.data.readers import BitmapReader
 from fanet_monai.data.transforms import BinarizeLabeld
 from fanet_monai.label_server import RequestError
+from fanet_monai.inferers.review import AnnotatorConstraint, check_refine_margin
 
 __all__ = ["ANNOTATOR_KEY", "KeepAnnotatorLabeld", "LoadStartLabeld", "StartMaskFromLabeld", "annotator_label",
            "as_flag", "as_unreviewed_value", "attach_start_masks", "datastore_label", "refinement_start",
@@ -283,12 +284,17 @@ class KeepAnnotatorLabeld(MapTransform):
     Place it after the prediction is back on the input's grid and discretized (label codes ``(1, *spatial)``:
     0/1 or 0..K), before the codes are mapped to file values. ``data["annotator_label"]`` is
     :class:`LoadStartLabeld`'s ``[codes, reviewed]``; without it (refine-my-mask off) this does nothing.
+
+    ``margin`` (local refinement, the ``refine_margin`` setting): also every pixel farther than ``margin`` pixels of
+    this grid from all reviewed pixels gets the label as the annotator sent it
+    (:meth:`~fanet_monai.inferers.review.AnnotatorConstraint.within`, which the passes apply on the network's grid).
     """
 
-    def __init__(self, keys: KeysCollection = "pred", label_key: str = ANNOTATOR_KEY,
+    def __init__(self, keys: KeysCollection = "pred", label_key: str = ANNOTATOR_KEY, margin: Any = None,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_key = label_key
+        self.margin = check_refine_margin(margin)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
@@ -305,5 +311,6 @@ class KeepAnnotatorLabeld(MapTransform):
                 )
             codes = kept[:1].to(device=pred.device, dtype=pred.dtype)
             reviewed = kept[1:2].to(pred.device) > 0.5
-            d[key] = torch.where(reviewed, codes, pred)
+            fixed = AnnotatorConstraint(codes[None], reviewed[None]).within(self.margin).reviewed[0]
+            d[key] = torch.where(fixed, codes, pred)
         return d

@@ -71,6 +71,13 @@ def test_keep_annotator_label_overwrites_the_reviewed_pixels_on_the_input_grid()
     assert KeepAnnotatorLabeld("pred")({"pred": pred})["pred"] is pred  # refine-my-mask off: nothing to keep
     with pytest.raises(ValueError, match="must follow Invertd"):
         KeepAnnotatorLabeld("pred")({"pred": torch.ones(1, 3, 5), "annotator_label": kept})
+    local = torch.zeros(2, 8, 5)
+    local[0, 5:] = 2  # the label as sent: class 2 in the bottom rows
+    local[1, :2] = 1  # top two rows reviewed as background
+    out = KeepAnnotatorLabeld("pred", margin=2)({"pred": torch.ones(1, 8, 5), "annotator_label": local})["pred"]
+    assert out[0, :2].sum() == 0  # reviewed
+    assert (out[0, 2:4] == 1).all()  # within 2 rows of them: the prediction
+    assert (out[0, 4] == 0).all() and (out[0, 5:] == 2).all()  # farther: as sent
 
 
 def test_start_mask_transform_appends_codes_and_reviewed_when_keeping():
@@ -123,6 +130,17 @@ def test_fanet_infer_keeps_every_reviewed_pixel_of_a_2d_label(tmp_path, tiny_bun
         old = np.asarray(Image.open(start_only / f"{name}.png"))
         changed_without_keep += int(((old[reviewed] > 0) != (label[reviewed] == 255)).sum())
     assert changed_without_keep > 0  # the start-only route overrules the annotator somewhere
+    local = tmp_path / "local"  # local refinement: nothing farther than 3 pixels from the reviewed rows changes
+    FanetCLI().infer(str(images), str(local), bundle_root=str(tiny_bundle_root), start_mask_dir=str(labels),
+                     unreviewed_value=128, refine_margin=3, **INFER)
+    predicted_far = 0
+    for name, label in drawn.items():
+        out = np.asarray(Image.open(local / f"{name}.png"))
+        rows = label.shape[0] * 6 // 10
+        assert np.array_equal(out[:rows] > 0, label[:rows] == 255)  # reviewed: exactly as drawn
+        assert not out[rows + 3:].any()  # far: as sent (not reviewed = no label = background)
+        predicted_far += int((np.asarray(Image.open(kept / f"{name}.png"))[rows + 3:] > 0).sum())
+    assert predicted_far > 0  # whole-image refinement does predict foreground there
 
 
 @pytest.mark.slow

@@ -81,3 +81,15 @@ def test_annotation_loop_smoke_measures_maps_partial_labels_and_correction_loops
     out = capsys.readouterr().out
     assert "| keep reviewed |" in out and "| hand, oracle |" in out and "AUROC" in out
     assert (tmp_path / "annotation_loop.png").stat().st_size > 0
+    # --rerun recomputes one strategy's loops in place, leaving the rest of every record as it was
+    for r in records:
+        r["loop"]["look+refine, local"] = []
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    sources = [f"smoke=2d:{tmp_path / 'runs'}:{tmp_path / 'data'}",
+               f"smoke3d=3d:{tmp_path / 'runs3d'}:{tmp_path / 'folds'}"]
+    rerun = annotation_loop.main(["--source", *sources, "--steps", "3", "--images", "2", "--workdir", str(tmp_path),
+                                  "--rerun", "look+refine, local"])
+    assert len(rerun) == len(records)
+    for before, after in zip(records, rerun):
+        assert [row["step"] for row in after["loop"]["look+refine, local"]] == list(range(4))
+        assert after["loop"]["hand, oracle"] == before["loop"]["hand, oracle"] and after["dice"] == before["dice"]

@@ -108,3 +108,7 @@ def test_refine_my_mask_keeps_every_reviewed_pixel(app_server):
                                                             "keep_annotator_label": False,
                                                             "unreviewed_value": "128"}, files))
     assert ((start_only[reviewed] > 0) != (label[reviewed] == 255)).any()  # the old route overrules it
+    local = png(post_infer(app_server, "fanet", name, {"refine_existing_label": True, "unreviewed_value": "128",
+                                                       "refine_margin": "2"}, files))
+    assert np.array_equal(local[reviewed] > 0, label[reviewed] == 255)
+    assert not local[rows + 2:].any() and kept[rows + 2:].any()  # far from the reviewed rows: as sent (no label)

@@ -1,18 +1,22 @@
 """Where-to-look maps and annotator constraints (issue 22, items 1, 2 and 5): the instability map is 0 where every
 pass agrees and 1 where a stub network flips a pixel every pass; the batched multi-start map equals separate
 refinements; the confidence baseline; an annotator's reviewed pixels survive refinement exactly (early stop,
-sliding windows, multi-class); every map has the mask's size and grid, 2-D and 3-D."""
+sliding windows, multi-class); local refinement changes nothing farther than its margin from the reviewed pixels;
+every map has the mask's size and grid, 2-D and 3-D."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
+from scipy.ndimage import distance_transform_cdt
 
 from fanet_monai import FANet
 from fanet_monai.feedback.masks import discrete_prediction
 from fanet_monai.inferers import (AnnotatorConstraint, IterativeRefinementInferer, confidence_map,
                                   start_disagreement_map, where_to_look)
+from fanet_monai.inferers.review import check_refine_margin, near
 
 
 def flipping_network(region: torch.Tensor, classes: int = 1):
@@ -102,3 +106,63 @@ def test_the_annotators_reviewed_pixels_survive_refinement_exactly(dims, classes
     assert look[constraint.reviewed].max() == 0  # the reviewed pixels: every start agrees with the annotator
     unconstrained = discrete_prediction(inferer.refine(images, network).logits)
     assert not torch.equal(unconstrained[constraint.reviewed], drawn[constraint.reviewed])  # it would change them
+
+
+def chessboard_distance(mask: torch.Tensor) -> np.ndarray:
+    """``(1, 1, *spatial)`` bool -> the chessboard distance of every pixel to the nearest set pixel (scipy)."""
+    return distance_transform_cdt(~mask[0, 0].numpy(), metric="chessboard")
+
+
+@pytest.mark.parametrize("spatial", [(23, 17), (9, 12, 10)], ids=["2d", "3d"])
+@pytest.mark.parametrize("margin", [0, 1, 3])
+def test_near_is_a_chessboard_distance_threshold(spatial, margin):
+    torch.manual_seed(margin)
+    mask = torch.rand(1, 1, *spatial) > 0.97
+    mask[(0, 0, *[0] * len(spatial))] = True
+    expected = chessboard_distance(mask) <= margin
+    assert np.array_equal(near(mask, margin)[0, 0].numpy(), expected)
+
+
+def test_refine_margin_is_checked():
+    assert check_refine_margin(None) is None and check_refine_margin("none") is None and check_refine_margin("") is None
+    assert check_refine_margin("8") == 8 and check_refine_margin(0) == 0
+    for bad in (-1, "two", 2.5, True):
+        with pytest.raises(ValueError, match="refine_margin must be a whole number"):
+            check_refine_margin(bad)
+    with pytest.raises(ValueError, match="refine_margin"):
+        IterativeRefinementInferer(refine_margin=-3)
+
+
+@pytest.mark.parametrize("dims, classes", [(2, 1), (3, 3)], ids=["2d-binary", "3d-multiclass"])
+def test_local_refinement_changes_nothing_beyond_its_margin(dims, classes):
+    torch.manual_seed(2)
+    spatial = (40, 40) if dims == 2 else (20, 20, 20)
+
+    def network(x: torch.Tensor) -> torch.Tensor:  # answers class 1 everywhere
+        ones = torch.ones_like(x[:, -1:])
+        return 10 * ones if classes == 1 else torch.cat([-10 * ones, 10 * ones] + [-10 * ones] * (classes - 2), 1)
+
+    images = torch.rand(1, 1, *spatial)
+    label = torch.randint(0, max(classes, 2), (1, 1, *spatial)).float()  # the label the annotator sends
+    reviewed = torch.zeros_like(label, dtype=torch.bool)
+    reviewed[(0, 0, *[slice(2, 8)] * dims)] = True  # the box they corrected
+    constraint = AnnotatorConstraint(label, reviewed)
+    margin = 3
+    far = torch.from_numpy(chessboard_distance(reviewed) > margin)[None, None]
+    close = ~far & ~reviewed
+    window = SlidingWindowInferer([16] * dims, sw_batch_size=4, overlap=0.25)
+    for inner in (None, window):
+        whole = IterativeRefinementInferer(num_passes=3, inner=inner)
+        local = IterativeRefinementInferer(num_passes=3, inner=inner, refine_margin=margin)
+        free = discrete_prediction(whole.refine(images, network, mask=(label > 0).float(),
+                                                constraint=constraint).logits)
+        kept = discrete_prediction(local.refine(images, network, mask=(label > 0).float(),
+                                                constraint=constraint).logits)
+        assert torch.equal(kept[reviewed], label[reviewed]) and torch.equal(free[reviewed], label[reviewed])
+        assert torch.equal(kept[far], label[far])  # as the annotator sent it
+        assert (kept[close] == 1).all()  # refined next to their correction
+        assert (free[~reviewed] == 1).all()  # whole-image refinement changes pixels anywhere
+        nothing = AnnotatorConstraint(label, torch.zeros_like(reviewed))
+        untouched = discrete_prediction(local.refine(images, network, mask=(label > 0).float(),
+                                                     constraint=nothing).logits)
+        assert torch.equal(untouched, label)  # nothing reviewed: comes back as sent

@@ -101,7 +101,8 @@ class FanetCLI:
         the run's stored settings unless given. PNG masks for bitmaps, NIfTI for NIfTI. Refine-my-mask:
         ``--start_mask_dir MASKS`` starts each image's refinement from the label of the same file stem in
         ``MASKS`` instead of Otsu's threshold and keeps what the annotator drew (``--unreviewed_value 128``: the
-        value of pixels not looked at yet, all others are kept too; ``--keep_annotator_label False``: the label is
+        value of pixels not looked at yet, all others are kept too; ``--refine_margin 8``: local refinement, pixels
+        farther than 8 from every reviewed pixel come back as sent; ``--keep_annotator_label False``: the label is
         only the start, for a rough label the network should reshape). ``--where_to_look True`` (or ``starts``,
         ``confidence``) also writes where a person should look: ``<name>_where_to_look.png`` (heat map) or a
         float32 volume beside each mask. ``--runtime onnxruntime`` runs the network in ONNX Runtime (exported from

@@ -21,7 +21,8 @@ from fanet_monai.feedback.masks import (
     start_mask,
 )
 from fanet_monai.inferers.passes import check_mask, check_num_passes, converged
-from fanet_monai.inferers.review import ANNOTATOR_CHANNELS, AnnotatorConstraint, split_annotator_channels
+from fanet_monai.inferers.review import (ANNOTATOR_CHANNELS, AnnotatorConstraint, check_refine_margin,
+                                         split_annotator_channels)
 
 __all__ = ["ANNOTATOR_CHANNELS", "IterativeRefinementInferer", "Refinement", "LAST_CHANNEL", "INPUT_STARTS",
            "split_input_start"]
@@ -114,10 +115,14 @@ class IterativeRefinementInferer(Inferer):
             instead of the last pass's ``(B, C, *spatial)``. With early stop, a finished image repeats its final
             logits in the later passes.
         amp: run each pass under ``torch.autocast(device_type=images.device.type)``; outputs are float32.
+        refine_margin: local refinement where an annotator's constraint is given (``constraint=`` or
+            ``"annotator_channels"``): pixels farther than this many pixels/voxels from every reviewed pixel keep the
+            annotator's label as sent (:meth:`~fanet_monai.inferers.review.AnnotatorConstraint.within`); ``None``
+            (default): the passes may change any pixel that is not reviewed.
 
     Raises:
-        ValueError: ``num_passes < 1``, unknown ``start_mask`` or ``feedback`` name, ``threshold`` or
-            ``tolerance`` out of range.
+        ValueError: ``num_passes < 1``, unknown ``start_mask`` or ``feedback`` name, ``threshold``,
+            ``tolerance`` or ``refine_margin`` out of range.
     """
 
     def __init__(
@@ -131,9 +136,11 @@ class IterativeRefinementInferer(Inferer):
         inner: Inferer | None = None,
         return_all_passes: bool = False,
         amp: bool = False,
+        refine_margin: int | None = None,
     ) -> None:
         super().__init__()
         self.num_passes = check_num_passes(num_passes)
+        self.refine_margin = check_refine_margin(refine_margin)
         if start_mask not in INPUT_STARTS:
             check_start_mask(start_mask, allow_callable=True)
         check_feedback_mode(feedback)
@@ -214,6 +221,8 @@ class IterativeRefinementInferer(Inferer):
         if self.start_mask in INPUT_STARTS:
             images, mask, constraint = split_input_start(images, self.start_mask)
         check_mask(images, mask)
+        if constraint is not None:
+            constraint = constraint.within(self.refine_margin)
         batch = images.shape[0]
         if mask is None:
             mask = self.make_start_mask(images)

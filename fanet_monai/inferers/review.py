@@ -15,7 +15,11 @@ binary and multi-class outputs, 2-D and 3-D, computed from the refinement the pr
 
 **Annotator constraints** (:class:`AnnotatorConstraint`): pixels an annotator reviewed keep the annotator's label
 at every pass — in the logits (set to a saturated value of that label) and therefore in the fed-back mask and the
-result — so refinement only predicts the rest and can never undo what the annotator drew.
+result — so refinement only predicts the rest and can never undo what the annotator drew. **Local refinement**
+(:meth:`AnnotatorConstraint.within`, the ``refine_margin`` setting) also keeps every pixel farther than a margin
+from all reviewed pixels as the annotator sent it, so a refinement changes the label only next to what they just
+edited: measured in the simulated annotation loop, whole-image refinement ended below the corrected mask in 1-19 of
+60 steps per data set, local refinement in none (``benchmarks/annotation_loop.py``).
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from fanet_monai.feedback.masks import discrete_prediction, start_mask
 
-__all__ = ["ANNOTATOR_CHANNELS", "WHERE_TO_LOOK", "AnnotatorConstraint", "confidence_map", "instability_map",
-           "split_annotator_channels", "start_disagreement_map", "where_to_look"]
+__all__ = ["ANNOTATOR_CHANNELS", "WHERE_TO_LOOK", "AnnotatorConstraint", "check_refine_margin", "confidence_map",
+           "instability_map", "near", "split_annotator_channels", "start_disagreement_map", "where_to_look"]
 
 #: the where-to-look maps :func:`where_to_look` makes
 WHERE_TO_LOOK = ("instability", "starts", "confidence")
@@ -40,13 +45,42 @@ ANNOTATOR_CHANNELS = "annotator_channels"
 SATURATED = 20.0
 
 
+def check_refine_margin(margin: Any) -> int | None:
+    """``refine_margin`` as given by a config, the CLI or a MONAI Label request: ``None`` (also ``"none"`` or
+    ``""``: whole-image refinement) or a whole number of pixels/voxels ``>= 0``."""
+    if margin is None or (isinstance(margin, str) and margin.strip().lower() in ("", "none", "null")):
+        return None
+    try:
+        value = int(str(margin).strip()) if isinstance(margin, str) else margin
+    except ValueError:
+        value = None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"refine_margin must be a whole number of pixels/voxels >= 0 or none, got {margin!r}.")
+    return value
+
+
+def near(mask: torch.Tensor, margin: int) -> torch.Tensor:
+    """``(B, 1, *spatial)`` bool: the pixels within ``margin`` pixels of a set pixel of ``mask`` along every axis
+    (chessboard distance), ``mask`` itself included. A box dilation as one max-pooling per axis (separable:
+    ``2 * margin + 1`` values per pixel and axis, not their cube); MONAI's ``utils_morphological_ops.dilate`` takes
+    the whole box at once (and mis-pads a per-axis filter size in MONAI 1.6)."""
+    out = mask.float()
+    dims = mask.ndim - 2
+    pool = F.max_pool2d if dims == 2 else F.max_pool3d
+    for axis in range(dims if margin > 0 else 0):
+        kernel, padding = [1] * dims, [0] * dims
+        kernel[axis], padding[axis] = 2 * margin + 1, margin
+        out = pool(out, kernel_size=kernel, stride=1, padding=padding)
+    return out > 0.5
+
+
 @dataclass
 class AnnotatorConstraint:
     """What an annotator reviewed and drew.
 
     Attributes:
-        labels: ``(B, 1, *spatial)`` label codes (0 background, 1..K classes) where ``reviewed``; other values are
-            not read.
+        labels: ``(B, 1, *spatial)`` label codes (0 background, 1..K classes): final where ``reviewed``; elsewhere
+            the label as the annotator sent it (0 where they gave none), read only by :meth:`within`.
         reviewed: ``(B, 1, *spatial)`` bool: the pixels the annotator looked at (their label is final).
     """
 
@@ -80,6 +114,16 @@ class AnnotatorConstraint:
             classes = classes.view(1, -1, *([1] * (logits.ndim - 2)))
             target = torch.where(labels == classes, SATURATED, -SATURATED)
         return torch.where(reviewed, target, logits)
+
+    def within(self, margin: int | None) -> "AnnotatorConstraint":
+        """Local refinement: also fix every pixel farther than ``margin`` pixels from all reviewed pixels
+        (:func:`near`) to ``labels`` there — the label as the annotator sent it (0 where they gave none, e.g. at
+        their ``unreviewed_value``). Refinement then changes the label only within ``margin`` of what the
+        annotator reviewed; an image with nothing reviewed comes back as sent. ``None``: this constraint."""
+        margin = check_refine_margin(margin)
+        if margin is None:
+            return self
+        return AnnotatorConstraint(self.labels, self.reviewed | ~near(self.reviewed, margin))
 
     def rows(self, index: torch.Tensor) -> "AnnotatorConstraint":
         """The constraint of the images ``index`` (the active rows of an early-stopping batch)."""
