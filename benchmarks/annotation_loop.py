@@ -286,6 +286,8 @@ def evaluate_source(name: str, kind: str, runs: Path, data: Path, args: argparse
     volume = kind == "3d"
     records = {(r["source"], r["fold"], r["seed"], r["image"]): r for r in load_records(log)}
     for fold, seed, run in runs_of(runs, config):
+        if args.rerun and not any(k[:3] == (name, fold, seed) for k in records):
+            continue  # --rerun only revisits recorded images
         model = Model(run, volume, args.override)
         images = (test_volumes(model, data, fold, args.images) if volume
                   else test_images_2d(model, data, fold, args.images, args.crop))
@@ -300,6 +302,8 @@ def evaluate_source(name: str, kind: str, runs: Path, data: Path, args: argparse
                                                                   args.box, np.random.default_rng(seed))
                     log.write_text("".join(json.dumps(r) + "\n" for r in records.values()))
                     print(f"rerun {args.rerun}: {name} fold {fold} seed {seed} {image_name}", flush=True)
+                continue
+            if args.rerun:
                 continue
             started = time.time()
             rng = np.random.default_rng(seed)
@@ -505,8 +509,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "runs of benchmarks/volumes.py, whose run.json does not record them)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--rerun", nargs="+", default=[], choices=STRATEGIES, metavar="STRATEGY",
-                        help="recompute only these strategies' loops of the images already recorded (a strategy "
-                             "that draws random boxes starts from a fresh generator, not the recorded run's)")
+                        help="recompute only these strategies' loops of the images already recorded, nothing else "
+                             "(a strategy that draws random boxes starts from a fresh generator, not the recorded one)")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic run, 3 steps (CI)")
     args = parser.parse_args(argv)
