@@ -25,7 +25,7 @@ Per test image:
    replaced by the truth and marked reviewed), chosen where a map points most (the box with the largest mean
    value, reviewed pixels excluded). Strategies: ``look+refine`` (instability map, FANet refines from the corrected
    mask with every reviewed pixel kept), ``look+refine, local`` (the same with the product's local refinement,
-   ``refine_margin`` = half a box side: pixels farther from every corrected box stay as the annotator last saw them),
+   ``refine_margin`` = ``--margin`` box sides, default half: pixels farther from every corrected box stay as the annotator last saw them),
    ``confidence+refine``, ``random+refine`` (a random box), ``hand, look
    order`` (the first map's boxes, no refinement) and ``hand, oracle`` (the box holding the most errors, no
    refinement: a perfect human eye). Per step: corrected pixels so far (the pixels the annotator changed), Dice of
@@ -185,7 +185,7 @@ def _box(center: tuple[int, ...], side: int, shape: tuple[int, ...]) -> tuple[sl
 
 
 def simulate(model: Model, image: torch.Tensor, truth: torch.Tensor, strategy: str, first, steps: int,
-             box_fraction: float, rng: np.random.Generator) -> list[dict]:
+             box_fraction: float, rng: np.random.Generator, margin_fraction: float = 0.5) -> list[dict]:
     """One strategy's correction loop on one image: a row per step (step 0 = the product's mask)."""
     k = model.num_classes
     spatial = tuple(truth.shape[2:])
@@ -196,9 +196,9 @@ def simulate(model: Model, image: torch.Tensor, truth: torch.Tensor, strategy: s
     look_key = "confidence" if strategy.startswith("confidence") else "look"
     score_map = look[look_key]
     refines = "+refine" in strategy
-    # local: the product's refine_margin, half a box side around every reviewed pixel
+    # local: the product's refine_margin, a fraction of the box side (default half) around every reviewed pixel
     inferer = copy.copy(model.inferer)
-    inferer.refine_margin = side // 2 if strategy.endswith(", local") else None
+    inferer.refine_margin = int(margin_fraction * side) if strategy.endswith(", local") else None
     reviewed = torch.zeros_like(truth, dtype=torch.bool)
     corrected = 0
     start = dice(pred, truth, k)
@@ -299,7 +299,7 @@ def evaluate_source(name: str, kind: str, runs: Path, data: Path, args: argparse
                         first = model.inferer.refine(image, model.network)
                     for strategy in args.rerun:
                         records[key]["loop"][strategy] = simulate(model, image, truth, strategy, first, args.steps,
-                                                                  args.box, np.random.default_rng(seed))
+                                                                  args.box, np.random.default_rng(seed), args.margin)
                     log.write_text("".join(json.dumps(r) + "\n" for r in records.values()))
                     print(f"rerun {args.rerun}: {name} fold {fold} seed {seed} {image_name}", flush=True)
                 continue
@@ -319,7 +319,7 @@ def evaluate_source(name: str, kind: str, runs: Path, data: Path, args: argparse
                       "dice": dice(pred, truth, model.num_classes),
                       "detection": {m: detection(v, errors, rng) for m, v in maps.items()},
                       "partial": partial_label(model, image, truth, rng),
-                      "loop": {s: simulate(model, image, truth, s, first, args.steps, args.box, rng)
+                      "loop": {s: simulate(model, image, truth, s, first, args.steps, args.box, rng, args.margin)
                                for s in STRATEGIES},
                       "seconds": 0.0}
             record["seconds"] = round(time.time() - started, 1)
@@ -504,6 +504,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--crop", type=int, default=None, help="2-D: score the central CROP square of each image")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--box", type=float, default=0.125, help="correction box side, fraction of the image side")
+    parser.add_argument("--margin", type=float, default=0.5,
+                        help="local strategy: refine_margin as a fraction of the box side")
     parser.add_argument("--override", nargs="*", default=[], metavar="ID=JSON",
                         help="config overrides for every run's network (e.g. network_def#channels=[8,16,32,64] for "
                              "runs of benchmarks/volumes.py, whose run.json does not record them)")
