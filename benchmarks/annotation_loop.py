@@ -25,7 +25,8 @@ Per test image:
    replaced by the truth and marked reviewed), chosen where a map points most (the box with the largest mean
    value, reviewed pixels excluded). Strategies: ``look+refine`` (instability map, FANet refines from the corrected
    mask with every reviewed pixel kept), ``look+refine, local`` (the same with the product's local refinement,
-   ``refine_margin`` = ``--margin`` box sides, default half: pixels farther from every corrected box stay as the annotator last saw them),
+   ``refine_margin`` = ``--margin`` box sides, default a quarter: pixels farther from every corrected box stay as
+   the annotator last saw them),
    ``confidence+refine``, ``random+refine`` (a random box), ``hand, look
    order`` (the first map's boxes, no refinement) and ``hand, oracle`` (the box holding the most errors, no
    refinement: a perfect human eye). Per step: corrected pixels so far (the pixels the annotator changed), Dice of
@@ -185,7 +186,7 @@ def _box(center: tuple[int, ...], side: int, shape: tuple[int, ...]) -> tuple[sl
 
 
 def simulate(model: Model, image: torch.Tensor, truth: torch.Tensor, strategy: str, first, steps: int,
-             box_fraction: float, rng: np.random.Generator, margin_fraction: float = 0.5) -> list[dict]:
+             box_fraction: float, rng: np.random.Generator, margin_fraction: float = 0.25) -> list[dict]:
     """One strategy's correction loop on one image: a row per step (step 0 = the product's mask)."""
     k = model.num_classes
     spatial = tuple(truth.shape[2:])
@@ -196,7 +197,7 @@ def simulate(model: Model, image: torch.Tensor, truth: torch.Tensor, strategy: s
     look_key = "confidence" if strategy.startswith("confidence") else "look"
     score_map = look[look_key]
     refines = "+refine" in strategy
-    # local: the product's refine_margin, a fraction of the box side (default half) around every reviewed pixel
+    # local: the product's refine_margin, a fraction of the box side (default a quarter) around every reviewed pixel
     inferer = copy.copy(model.inferer)
     inferer.refine_margin = int(margin_fraction * side) if strategy.endswith(", local") else None
     reviewed = torch.zeros_like(truth, dtype=torch.bool)
@@ -504,7 +505,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--crop", type=int, default=None, help="2-D: score the central CROP square of each image")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--box", type=float, default=0.125, help="correction box side, fraction of the image side")
-    parser.add_argument("--margin", type=float, default=0.5,
+    parser.add_argument("--margin", type=float, default=0.25,
                         help="local strategy: refine_margin as a fraction of the box side")
     parser.add_argument("--override", nargs="*", default=[], metavar="ID=JSON",
                         help="config overrides for every run's network (e.g. network_def#channels=[8,16,32,64] for "
