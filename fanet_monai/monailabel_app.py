@@ -8,8 +8,9 @@ under ``model/<name>`` — whose :class:`FanetApp` adds to the stock behaviour:
 - **Inference tasks** ``<name>`` (the segmentation, with refine-my-mask's options) and ``<name>_where_to_look``: the
   where-to-look map of the same refinement (``confidence`` by default: the best error detector measured, and free)
   returned *as* the result, ``uint8`` 0..255 on the image's grid (255 = look here), with the image's score in the
-  result JSON under ``where_to_look_score``. Its own task, not an extra output, because MONAI Label returns one label per request and
-  3D Slicer and OHIF show that one; a second task lets a client fetch the map only when a person asks for it.
+  result JSON under ``where_to_look_score``. Its own task, not an extra output, because MONAI Label returns one
+  label per request and 3D Slicer and OHIF show that one; a second task lets a client fetch the map only when a
+  person asks for it.
 - **Scoring method** ``<name>_where_to_look``: runs that task over the unlabeled images and stores each score in
   the datastore's image info (``where_to_look_score``; recomputed when the model file changes).
 - **Strategy** ``where_to_look``: the unlabeled image with the highest score next (MONAI Label's own top-k/recency

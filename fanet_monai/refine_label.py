@@ -30,8 +30,8 @@ from monai.utils import ImageMetaKey
 from fanet_monai.data.files import file_stem, image_files
 from fanet_monai.data.readers import BitmapReader
 from fanet_monai.data.transforms import BinarizeLabeld
-from fanet_monai.label_server import RequestError
 from fanet_monai.inferers.review import AnnotatorConstraint, check_refine_margin
+from fanet_monai.label_server import RequestError
 
 __all__ = ["ANNOTATOR_KEY", "KeepAnnotatorLabeld", "LoadStartLabeld", "StartMaskFromLabeld", "annotator_label",
            "as_flag", "as_unreviewed_value", "attach_start_masks", "datastore_label", "refinement_start",

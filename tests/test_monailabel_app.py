@@ -3,8 +3,9 @@ where-to-look map as its own inference task, the scoring method that stores each
 ``where_to_look`` strategy that picks the highest, and refine-my-mask that keeps an annotator's reviewed pixels.
 
 The app serves the ``starts`` map (``--conf where_to_look starts``): the tiny run's refinement settles at once,
-so its instability map is mostly 0. Real weights (the tiny 64² run of :func:`dicom_support.train_tiny_bundle`) so that the maps are not trivial; the
-server runs from ``.venv-monailabel`` without ``fanet_monai`` installed (all code comes from the app folder).
+so its instability map is mostly 0. Real weights (the tiny 64² run of :func:`dicom_support.train_tiny_bundle`) so
+that the maps are not trivial; the server runs from ``.venv-monailabel`` without ``fanet_monai`` installed (all
+code comes from the app folder).
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def test_near_is_a_chessboard_distance_threshold(spatial, margin):
 
 def test_refine_margin_is_checked():
     assert check_refine_margin(None) is None and check_refine_margin("none") is None and check_refine_margin("") is None
-    assert check_refine_margin("8") == 8 and check_refine_margin(0) == 0
+    assert check_refine_margin("8") == 8 and check_refine_margin(0) == 0 and check_refine_margin(np.int64(3)) == 3
     for bad in (-1, "two", 2.5, True):
         with pytest.raises(ValueError, match="refine_margin must be a whole number"):
             check_refine_margin(bad)

@@ -25,6 +25,7 @@ edited: measured in the simulated annotation loop, whole-image refinement ended 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,12 +53,12 @@ def check_refine_margin(margin: Any) -> int | None:
     if margin is None or (isinstance(margin, str) and margin.strip().lower() in ("", "none", "null")):
         return None
     try:
-        value = int(str(margin).strip()) if isinstance(margin, str) else margin
+        value = int(margin.strip()) if isinstance(margin, str) else margin
     except ValueError:
         value = None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(f"refine_margin must be a whole number of pixels/voxels >= 0 or none, got {margin!r}.")
-    return value
+    return int(value)
 
 
 def near(mask: torch.Tensor, margin: int) -> torch.Tensor:
