@@ -132,6 +132,46 @@ def test_se_hidden_channels_option():
     assert n_params(FANet(channels=SMALL, se_hidden_channels=4)) == n_params(FANet(channels=SMALL)) + extra
 
 
+@pytest.mark.parametrize("out_channels", [1, 3])
+def test_prior_probability_starts_the_head_at_the_foreground_prior(out_channels):
+    torch.manual_seed(0)
+    plain = FANet(3, 1, out_channels, channels=(4, 8, 8, 8))
+    torch.manual_seed(0)
+    net = FANet(3, 1, out_channels, channels=(4, 8, 8, 8), prior_probability=0.05)
+    bias = net.head.conv.bias.detach()
+    if out_channels == 1:
+        assert torch.sigmoid(bias).item() == pytest.approx(0.05)
+    else:  # background 1 - p, each of the K = 2 classes p / K
+        assert torch.softmax(bias, 0).tolist() == pytest.approx([0.95, 0.025, 0.025])
+    # only the head's biases differ from the default initialisation; checkpoints stay interchangeable
+    changed = [k for k, v in net.state_dict().items() if not torch.equal(v, plain.state_dict()[k])]
+    assert changed == ["head.conv.bias"]
+    plain.load_state_dict(net.state_dict())
+    # with zero features the network answers the prior everywhere
+    x = torch.rand(2, 2, 16, 16, 16)
+    net.head.conv.weight.data.zero_()
+    probability = torch.sigmoid(net(x)) if out_channels == 1 else torch.softmax(net(x), 1)[:, 1:].sum(1)
+    assert torch.allclose(probability, torch.full_like(probability, 0.05), atol=1e-6)
+
+
+def test_head_channels_sets_the_width_the_head_reads():
+    default = FANet(3, 1, 3, channels=(8, 16, 32, 64))
+    wider = FANet(3, 1, 3, channels=(8, 16, 32, 64), head_channels=8)
+    assert default.head.conv.in_channels == 4 + 1 and wider.head.conv.in_channels == 8 + 1  # features + mask
+    assert wider(torch.rand(1, 2, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+    with pytest.raises(ValueError, match=r"decoder4 \(5\).*odd width.*head_channels even"):
+        FANet(3, 1, 3, channels=(8, 16, 32, 64), head_channels=5)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="head_channels must be a whole number >= 1"):
+            FANet(3, 1, 3, channels=(8, 16, 32, 64), head_channels=bad)
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1, True, "0.05"])
+def test_prior_probability_must_lie_strictly_between_0_and_1(bad):
+    with pytest.raises(ValueError, match="prior_probability must be a number strictly between 0 and 1"):
+        FANet(3, 1, 3, channels=(4, 8, 8, 8), prior_probability=bad)
+
+
 def test_mixpool_without_feature_branch_keeps_widths():
     full = MixPool(2, 16)
     ablated = MixPool(2, 16, feature_branch=False)

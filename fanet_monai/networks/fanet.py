@@ -6,6 +6,8 @@ the model-zoo checks and MONAI Label can call ``network(x)`` like any other netw
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -86,8 +88,9 @@ class FANet(nn.Module):
         variant: paper Table IX configuration: ``"B1"`` (no MixPool), ``"B2"``/``"B4"`` (MixPool in all stages;
             B2 is evaluated with one pass), ``"B3"`` (MixPool in the first encoder and the last decoder stage).
         channels: encoder widths, one per stage; the decoder widths are
-            ``channels[-2::-1] + (channels[0] // 2,)``. Narrow widths make small test networks; a stage with MixPool
-            (and its feature branch) needs an even width, so e.g. ``(4, 8, 8, 8)``.
+            ``channels[-2::-1] + (head_channels,)``, ``head_channels = channels[0] // 2`` by default. Narrow widths
+            make small test networks; a stage with MixPool (and its feature branch) needs an even width, so e.g.
+            ``(4, 8, 8, 8)``.
         blocks_per_stage: SE-residual blocks per stage (paper: 2; Table XI ablates 1, 3 and 4).
         mixpool_stages: override of the variant's MixPool stages, names from :func:`mixpool_stage_names`.
         final_mixpool: keep a MixPool block in the last decoder stage (the one the head reads) when the variant or
@@ -101,6 +104,16 @@ class FANet(nn.Module):
         se_hidden_channels: width of the SE squeeze layers; ``None`` = 1 unit, as in the reference.
         act: activation type and arguments (MONAI layer factory syntax).
         norm: normalization type and arguments.
+        prior_probability: start the head's biases at this foreground prior instead of PyTorch's default
+            (about even odds): ``-log((1 - p) / p)`` for a binary head, as MONAI's RetinaNet classification head does
+            (Lin et al., ICCV 2017); for ``K`` classes the softmax starts at ``1 - p`` background and ``p / K`` for
+            each class. Only the start of training: loaded weights replace it. Why: Adam moves a bias by about the
+            learning rate per step, so a head that starts at even odds on a task with a few per cent of foreground
+            first spends its steps producing that imbalance through its features; measured on 3-D two-class MR
+            (Decathlon hippocampus, widths 8-64, the head reading 4 channels) that phase stalls training or lets one
+            class win (README, volume study). ``None`` (default): the reference's initialisation.
+        head_channels: width of the last decoder stage, the features the head reads (with the mask);
+            ``None`` (default): ``channels[0] // 2`` as in the reference (16 at the default widths, 4 at 8-64).
         slice_axis: with ``spatial_dims=2``, take volumes ``(B, in_channels + 1, X, Y, Z)`` and run the 2-D network
             on each slice across this spatial axis (0, 1 or 2; :mod:`fanet_monai.networks.slicewise`, the
             ``slice`` volume mode); ``None`` (default): inputs have ``spatial_dims`` spatial dimensions.
@@ -125,6 +138,8 @@ class FANet(nn.Module):
         se_hidden_channels: int | None = None,
         act: tuple | str = ("relu", {"inplace": True}),
         norm: tuple | str = "batch",
+        prior_probability: float | None = None,
+        head_channels: int | None = None,
         slice_axis: int | None = None,
     ) -> None:
         super().__init__()
@@ -134,6 +149,10 @@ class FANet(nn.Module):
             raise ValueError(f"variant must be one of {sorted(FANET_VARIANTS)}, got {variant!r}.")
         if blocks_per_stage < 1:
             raise ValueError(f"blocks_per_stage must be >= 1, got {blocks_per_stage}.")
+        if prior_probability is not None and (isinstance(prior_probability, bool) or not isinstance(
+                prior_probability, numbers.Real) or not 0 < prior_probability < 1):
+            raise ValueError(f"prior_probability must be a number strictly between 0 and 1 (the expected share of "
+                             f"foreground voxels), got {prior_probability!r}.")
         depth = len(channels)
         if depth < 1 or channels[0] < 2:
             raise ValueError(f"channels must hold at least one width >= 2, got {tuple(channels)}.")
@@ -146,15 +165,19 @@ class FANet(nn.Module):
             raise ValueError(f"unknown MixPool stages {unknown}; valid names: {list(stage_names)}.")
         if not final_mixpool:
             mixpool_stages = [s for s in mixpool_stages if s != f"decoder{depth}"]
-        decoder_widths = list(channels[-2::-1]) + [channels[0] // 2]
+        if head_channels is not None and (isinstance(head_channels, bool) or not isinstance(head_channels, int)
+                                          or head_channels < 1):
+            raise ValueError(f"head_channels must be a whole number >= 1, got {head_channels!r}.")
+        decoder_widths = list(channels[-2::-1]) + [head_channels or channels[0] // 2]
         if mixpool_feature_branch:
             widths = dict(zip(stage_names, list(channels) + decoder_widths))
             odd = [f"{name} ({widths[name]})" for name in stage_names if name in mixpool_stages and widths[name] % 2]
             if odd:
                 raise ValueError(
                     f"channels={list(channels)} gives MixPool stages {odd} an odd width, but MixPool with its feature "
-                    f"branch needs an even one (decoder widths = channels[-2::-1] + [channels[0] // 2] = "
-                    f"{decoder_widths}): make channels[0] a multiple of 4 and the other widths even, e.g. (4, 8, 8, 8)."
+                    f"branch needs an even one (decoder widths = channels[-2::-1] + [head_channels or channels[0] // 2]"
+                    f" = {decoder_widths}): make channels[0] a multiple of 4 and the other widths even, e.g. "
+                    "(4, 8, 8, 8), and head_channels even."
                 )
 
         self.spatial_dims = spatial_dims
@@ -210,6 +233,18 @@ class FANet(nn.Module):
             cin = width
         self.decoder = nn.ModuleList(decoder)
         self.head = Convolution(spatial_dims, cin + 1, out_channels, kernel_size=1, conv_only=True)
+        if prior_probability is not None:
+            self._start_at_prior(float(prior_probability))
+
+    def _start_at_prior(self, prior: float) -> None:
+        """Head biases for the foreground prior ``prior`` (see ``prior_probability``)."""
+        classes = self.out_channels - 1
+        if classes == 0:
+            bias = [-math.log((1 - prior) / prior)]
+        else:
+            bias = [math.log(1 - prior)] + [math.log(prior / classes)] * classes
+        with torch.no_grad():
+            self.head.conv.bias.copy_(torch.tensor(bias, dtype=self.head.conv.bias.dtype))
 
     def _pad(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
         """Pad spatial dims to a multiple of ``self.divisor``; returns the padded tensor and the leading pads."""
