@@ -12,9 +12,11 @@ evaluated pass by pass (``evaluate.json``) on a held-out fold, with the Dice and
 
 Folds are contiguous blocks of ``--fold-size`` cases of the datalist's ``training`` + ``validation`` lists; the
 rest train. Training runs without validation; the last epoch is evaluated. A run is one (configuration, fold, seed,
-budget), appended to ``WORKDIR/runs.jsonl`` and skipped when started again. ``--budget time`` gives the U-Nets the
-seconds ``fanet_3d`` took on the same fold and seed. The report gives mean ± sd over the runs and **paired**
-differences (same fold and seed) with 95 % t-intervals; ``*`` marks one that excludes 0.
+budget), appended to ``WORKDIR/runs.jsonl`` (with its Adam learning rate, ``--learning-rate``: one value for every
+network or ``CONFIG=VALUE`` for one) and skipped when started again, so give each learning-rate setting its own
+``--workdir``. ``--budget time`` gives the U-Nets the seconds ``fanet_3d`` took on the same fold and seed. The
+report gives mean ± sd over the runs and **paired** differences (same fold and seed) with 95 % t-intervals; ``*``
+marks one that excludes 0.
 
 Data: ``prepare msd`` of ``../shared/data/msd_hippocampus`` (Decathlon Task04: anterior, posterior), or
 ``--datalist`` any datalist with ``labels`` (a ``prepare msd`` output). Anchor: nnU-Net on the Decathlon's hidden
@@ -76,6 +78,27 @@ def configurations(widths: list[int], num_classes: int) -> dict[str, tuple[str, 
     }
 
 
+def learning_rates(values: list[str], names: list[str]) -> dict[str, float]:
+    """``--learning-rate`` entries to a rate per configuration: ``VALUE`` sets every configuration, then
+    ``CONFIG=VALUE`` sets one (``["1e-3", "fanet_3d=3e-4"]``)."""
+    rates: dict[str, float] = {}
+    for value in values:
+        name, sep, number = value.rpartition("=")
+        if sep and name not in names:
+            raise SystemExit(f"--learning-rate {value!r}: unknown configuration {name!r}; choose from {names}.")
+        try:
+            rate = float(number)
+        except ValueError:
+            raise SystemExit(f"--learning-rate {value!r}: {number!r} is not a number.") from None
+        if not rate > 0:
+            raise SystemExit(f"--learning-rate {value!r}: the learning rate must be > 0.")
+        rates.update({name: rate} if sep else dict.fromkeys(names, rate))
+    missing = [n for n in names if n not in rates]
+    if missing:
+        raise SystemExit(f"--learning-rate: no rate for {missing}; give a bare VALUE for every configuration.")
+    return rates
+
+
 def fold_datalist(source: Path, fold: int, fold_size: int, out: Path) -> Path:
     """The datalist ``source`` with cases ``fold*fold_size ..`` of its labelled cases as ``validation``."""
     content = json.loads(source.read_text())
@@ -135,13 +158,15 @@ def report(runs: list[dict], num_classes: int) -> str:
             continue
         pairs = sorted({(r["fold"], r["seed"]) for r in rs})
         lines += [f"\n### equal {budget}: {len(pairs)} (fold, seed) pairs {pairs}\n",
-                  "| configuration | runs | " + " | ".join(f"{m} p1 | {m} refined" for m in dice + hd95)
+                  "| configuration | runs | Adam lr | " + " | ".join(f"{m} p1 | {m} refined" for m in dice + hd95)
                   + " | Δ mean Dice refined − p1 | Δ mean Dice vs fanet_3d (refined) | train s (epochs) |",
-                  "|---|---|" + "---|---|" * len(dice + hd95) + "---|---|---|"]
+                  "|---|---|---|" + "---|---|" * len(dice + hd95) + "---|---|---|"]
         keyed = {(r["config"], r["fold"], r["seed"]): r for r in rs}
         for name in dict.fromkeys(r["config"] for r in rs):
             mine = [r for r in rs if r["config"] == name]
-            cells = [name, str(len(mine))]
+            # runs recorded before the rate was: every network trained at the then fixed 1e-3
+            cells = [name, str(len(mine)), "/".join(f"{v:g}" for v in sorted({r.get("learning_rate", 1e-3)
+                                                                                 for r in mine}))]
             for metric in dice + hd95:
                 digits = 3 if metric in dice else 2
                 cells += [mean_sd([_value(r, metric, "p1") for r in mine], digits),
@@ -171,7 +196,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--patch", type=int, nargs=3, default=[32, 48, 32])
     parser.add_argument("--widths", type=int, nargs=4, default=[16, 32, 64, 128])
     parser.add_argument("--passes", type=int, default=3)
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's learning rate, every network")
+    parser.add_argument("--learning-rate", nargs="+", default=["1e-3"],
+                        help="Adam's learning rate: VALUE for every network, CONFIG=VALUE for one (e.g. 1e-3 "
+                             "fanet_3d=3e-4)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="synthetic blob volumes, 1 epoch, tiny (CI)")
@@ -203,7 +230,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if unknown:
         raise SystemExit(f"unknown configurations {unknown}; choose from {list(configs)}.")
     common = {"max_epochs": args.epochs, "batch_size": args.batch, "patch_size": args.patch, "num_workers": 0,
-              "show_progress": False, "val_interval": NEVER, "learning_rate": args.learning_rate}
+              "show_progress": False, "val_interval": NEVER}
+    rates = learning_rates(args.learning_rate, list(configs))
     done = {(r["config"], r["fold"], r["seed"], r["budget"]) for r in load_runs(log)}
     budgets = ["epochs", "time"] if args.budget == "both" else [args.budget]
     order = sorted(args.configs, key=lambda c: c != "fanet_3d")  # the time reference first
@@ -221,8 +249,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         raise SystemExit("equal-time runs need fanet_3d on the same fold and seed first.")
                     seconds = ref[-1]["train_s"]
                 root = work / "runs" / f"{name}-fold{fold}-seed{seed}-{budget}"
-                record = {**run_one(name, configs[name], datalist, root, {**common, "seed": seed}, args.passes,
-                                    seconds), "fold": fold, "seed": seed, "budget": budget}
+                settings = {**common, "seed": seed, "learning_rate": rates[name]}
+                record = {**run_one(name, configs[name], datalist, root, settings, args.passes, seconds),
+                          "fold": fold, "seed": seed, "budget": budget, "learning_rate": rates[name]}
                 with log.open("a") as f:
                     f.write(json.dumps(record, default=float) + "\n")
                 print(f"done: {name} fold {fold} seed {seed} ({budget}): {record['train_s']:.0f} s", flush=True)

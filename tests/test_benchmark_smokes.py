@@ -27,15 +27,28 @@ def test_native_resolution_smoke_scores_every_configuration_per_fold(tmp_path, c
 
 @pytest.mark.slow
 def test_volume_benchmark_smoke_trains_every_network_at_equal_epochs_and_time(tmp_path, capsys):
-    runs = volumes.main(["--smoke", "--workdir", str(tmp_path)])
+    runs = volumes.main(["--smoke", "--workdir", str(tmp_path), "--learning-rate", "1e-3", "fanet_3d=3e-4"])
     by_budget = {(r["config"], r["budget"]) for r in runs}
     assert {(c, "epochs") for c in ("fanet_3d", "fanet_slice", "basicunet_3d", "unet_3d", "dynunet_3d")} <= by_budget
     assert ("unet_3d", "time") in by_budget and ("fanet_3d", "time") not in by_budget
     fanet = next(r for r in runs if r["config"] == "fanet_3d")
     assert [row["pass"] for row in fanet["rows"]] == [1, 2, "early_stop"]
     assert {"dice_class_1", "dice_class_2", "hd95_class_1", "hd95_class_2"} <= set(fanet["rows"][0])
-    assert "### equal epochs" in capsys.readouterr().out
+    assert {r["config"]: r["learning_rate"] for r in runs if r["config"] in ("fanet_3d", "unet_3d")} == {
+        "fanet_3d": 3e-4, "unet_3d": 1e-3}
+    table = capsys.readouterr().out
+    assert "### equal epochs" in table and "| fanet_3d | 1 | 0.0003 |" in table and "| unet_3d | 1 | 0.001 |" in table
     assert json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[0])["fold"] == 0
+
+
+def test_volume_benchmark_learning_rates_per_configuration():
+    names = ["fanet_3d", "unet_3d"]
+    assert volumes.learning_rates(["1e-3", "fanet_3d=3e-4"], names) == {"fanet_3d": 3e-4, "unet_3d": 1e-3}
+    assert volumes.learning_rates(["unet_3d=0.01", "2e-4"], names) == {"fanet_3d": 2e-4, "unet_3d": 2e-4}
+    for bad, message in ((["fanet=1e-3", "1e-3"], "unknown configuration 'fanet'"), (["fast"], "not a number"),
+                         (["0"], "must be > 0"), (["fanet_3d=1e-3"], "no rate for ['unet_3d']")):
+        with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
+            volumes.learning_rates(bad, names)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed")
