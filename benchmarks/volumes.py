@@ -5,6 +5,8 @@ training set's median spacing, MR z-score / CT window, foreground crop, cached p
 evaluated pass by pass (``evaluate.json``) on a held-out fold, with the Dice and HD95 of every class:
 
 - ``fanet_3d``: the 3-D FANet (default feedback training), refined (``--passes``) and its pass 1;
+- ``fanet_3d_head8``: the same with ``head_channels = widths[0]``: the head reads as many channels as BasicUNet's
+  last level (the reference's ``widths[0] // 2`` is 4 at widths 8-64);
 - ``fanet_slice``: the 2-D FANet over the slices of the same patches (``volume_mode slice``, axial);
 - ``basicunet_3d``, ``unet_3d``, ``dynunet_3d``: MONAI's ``BasicUNet``, ``UNet`` and ``DynUNet`` (kernels and
   strides as nnU-Net's 3d_fullres plans them for small isotropic patches, deep supervision off), one pass, through
@@ -61,6 +63,8 @@ def configurations(widths: list[int], num_classes: int) -> dict[str, tuple[str, 
     w = list(widths)
     return {
         "fanet_3d": ("FANet 3-D (feedback, refined)", {"network_def#channels": w}, True),
+        "fanet_3d_head8": (f"FANet 3-D, head reading {w[0]} channels as BasicUNet's last level (feedback, refined)",
+                           {"network_def#channels": w, "network_def#head_channels": w[0]}, True),
         "fanet_3d_nolast": ("FANet 3-D without the last decoder MixPool (feedback, refined)",
                             {"network_def#channels": w, "network_def#final_mixpool": False}, True),
         "fanet_slice": ("FANet 2-D over axial slices (refined)", {"volume_mode": "slice", "network_def#channels": w},
