@@ -41,6 +41,20 @@ def test_volume_benchmark_smoke_trains_every_network_at_equal_epochs_and_time(tm
     assert json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[0])["fold"] == 0
 
 
+def test_two_class_start_check_trains_every_network_on_the_same_batches(capsys):
+    from benchmarks import two_class_start
+
+    rows = two_class_start.main(["--smoke"])
+    names = [r["network"] for r in rows if r["step"] == 2]
+    assert names[0] == "BasicUNet" and "FANet B4, prior 0.05, head 4" in names and len(names) == 6
+    for row in rows:
+        assert row["loss"] > 0 and 0 <= row["dice_1"] <= 1 and 0 <= row["dice_2"] <= 1
+    prior = {r["network"]: r["loss"] for r in rows if r["step"] == 1}
+    # starting at the prior, the first Dice-CE is far below the even-odds start's
+    assert prior["FANet B4, prior 0.05"] < prior["FANet B4"] - 0.3
+    assert "| network | step | loss |" in capsys.readouterr().out
+
+
 def test_volume_benchmark_learning_rates_per_configuration():
     names = ["fanet_3d", "unet_3d"]
     assert volumes.learning_rates(["1e-3", "fanet_3d=3e-4"], names) == {"fanet_3d": 3e-4, "unet_3d": 1e-3}
