@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             value.backward()
             optimizer.step()
             if step % args.every == 0 or step == args.steps:
-                rows.append({"network": name, "step": step, "loss": float(value),
+                rows.append({"network": name, "step": step, "loss": float(value.detach()),
                              "dice_1": class_dice(logits.detach(), label, 1),
                              "dice_2": class_dice(logits.detach(), label, 2)})
     print(f"\n{args.steps} Adam steps at {args.learning_rate:g}, batch {args.batch} of {args.shape}, widths "
