@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     loss = segmentation_loss(2, batch=True, smooth_nr=1.0, smooth_dr=1.0, lambda_dice=0.5, lambda_ce=0.5)
     torch.manual_seed(args.seed)
     rows = []
+    print(f"\n{args.steps} Adam steps at {args.learning_rate:g}, batch {args.batch} of {args.shape}, widths "
+          f"{args.widths}, seed {args.seed}\n")
+    print("| network | step | loss | Dice class 1 | Dice class 2 |\n|---|---|---|---|---|", flush=True)
     for name, net in networks(args.widths).items():
         optimizer = torch.optim.Adam(net.parameters(), args.learning_rate)
         generator = torch.Generator().manual_seed(args.seed)  # the same batches for every network
@@ -87,14 +90,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             value.backward()
             optimizer.step()
             if step % args.every == 0 or step == args.steps:
-                rows.append({"network": name, "step": step, "loss": float(value.detach()),
-                             "dice_1": class_dice(logits.detach(), label, 1),
-                             "dice_2": class_dice(logits.detach(), label, 2)})
-    print(f"\n{args.steps} Adam steps at {args.learning_rate:g}, batch {args.batch} of {args.shape}, widths "
-          f"{args.widths}, seed {args.seed}\n")
-    print("| network | step | loss | Dice class 1 | Dice class 2 |\n|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['network']} | {r['step']} | {r['loss']:.3f} | {r['dice_1']:.2f} | {r['dice_2']:.2f} |")
+                row = {"network": name, "step": step, "loss": float(value.detach()),
+                       "dice_1": class_dice(logits.detach(), label, 1), "dice_2": class_dice(logits.detach(), label, 2)}
+                rows.append(row)
+                print(f"| {name} | {step} | {row['loss']:.3f} | {row['dice_1']:.2f} | {row['dice_2']:.2f} |",
+                      flush=True)
     return rows
 
 
