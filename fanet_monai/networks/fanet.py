@@ -97,7 +97,7 @@ class FANet(nn.Module):
             ``mixpool_stages`` put one there. ``False`` drops it: measured on 3-D two-class MR (Decathlon
             hippocampus, narrow widths) that block stalls training — the head then reads half of a handful of
             channels through the hard mask — while the other seven MixPool blocks train. An option: the volume
-            bundle keeps B4, since a second cause remains (README, volume study).
+            bundle keeps B4 and removes the stall with ``prior_probability`` instead (README, volume study).
         mixpool_feature_branch: keep MixPool's unmasked feature branch (``False``: Table XI "w/o F_l").
         straight_through: straight-through gradient for MixPool's thresholded learned map, so that its
             parameters train (off = reference behaviour: they never receive a gradient).
