@@ -159,6 +159,8 @@ def test_head_channels_sets_the_width_the_head_reads():
     wider = FANet(3, 1, 3, channels=(8, 16, 32, 64), head_channels=8)
     assert default.head.conv.in_channels == 4 + 1 and wider.head.conv.in_channels == 8 + 1  # features + mask
     assert wider(torch.rand(1, 2, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+    import numpy as np  # a parsed config gives numpy integers
+    assert FANet(3, 1, 3, channels=(8, 16, 32, 64), head_channels=np.int64(8)).head.conv.in_channels == 9
     with pytest.raises(ValueError, match=r"decoder4 \(5\).*odd width.*head_channels even"):
         FANet(3, 1, 3, channels=(8, 16, 32, 64), head_channels=5)
     for bad in (0, 2.5, True):

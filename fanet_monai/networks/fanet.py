@@ -165,10 +165,11 @@ class FANet(nn.Module):
             raise ValueError(f"unknown MixPool stages {unknown}; valid names: {list(stage_names)}.")
         if not final_mixpool:
             mixpool_stages = [s for s in mixpool_stages if s != f"decoder{depth}"]
-        if head_channels is not None and (isinstance(head_channels, bool) or not isinstance(head_channels, int)
+        if head_channels is not None and (isinstance(head_channels, bool) or not isinstance(head_channels,
+                                                                                      numbers.Integral)
                                           or head_channels < 1):
             raise ValueError(f"head_channels must be a whole number >= 1, got {head_channels!r}.")
-        decoder_widths = list(channels[-2::-1]) + [head_channels or channels[0] // 2]
+        decoder_widths = list(channels[-2::-1]) + [int(head_channels or channels[0] // 2)]
         if mixpool_feature_branch:
             widths = dict(zip(stage_names, list(channels) + decoder_widths))
             odd = [f"{name} ({widths[name]})" for name in stage_names if name in mixpool_stages and widths[name] % 2]
