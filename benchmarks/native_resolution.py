@@ -7,6 +7,10 @@ own size** (Dice, clDice, Betti-0 error: :mod:`fanet_monai.metrics`, :mod:`fanet
 - ``resize_area``: the bundle in resize mode with an anti-aliased image and an area-resized (soft) label (the
   default since this comparison);
 - ``fanet_patch``: the bundle in patch mode (``patch_size`` patches, sliding-window refinement);
+- ``fanet_patch_annotator``: the same, trained for annotation: the feedback masks include ``corrected`` ones (the
+  previous prediction with the label pasted into random boxes, :data:`ANNOTATOR_MIX`) and every step draws one or
+  two passes (``--unroll_random``), so the network is also trained directly on the mask it is fed
+  (``benchmarks/annotation_loop.py`` compares it with ``fanet_patch``);
 - ``basicunet_resize_nearest``, ``basicunet_resize_area``, ``basicunet_patch``: the same three with MONAI's
   ``BasicUNet`` as ``network_def`` (the bundle's pipeline against the plain scripts, same network);
 - ``monai_resize``: a plain MONAI script (``BasicUNet``, images and labels resized bilinear with anti-aliasing /
@@ -65,8 +69,10 @@ from fanet_monai.run import release_claims  # noqa: E402
 from fanet_monai.topology import connectivity_metrics  # noqa: E402
 
 SHARED_EM = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em"
-CONFIGS = ("resize_nearest", "resize_area", "fanet_patch", "basicunet_resize_nearest", "basicunet_resize_area",
-           "basicunet_patch", "monai_resize", "monai_patch")
+CONFIGS = ("resize_nearest", "resize_area", "fanet_patch", "fanet_patch_annotator", "basicunet_resize_nearest",
+           "basicunet_resize_area", "basicunet_patch", "monai_resize", "monai_patch")
+#: the feedback sources of ``fanet_patch_annotator``: the default mix with partly corrected masks added
+ANNOTATOR_MIX = {"previous": 0.15, "perturbed": 0.15, "initial": 0.15, "empty": 0.15, "corrected": 0.4}
 BASICUNET = {"_target_": "fanet_monai.networks.ImageOnlyNetwork",
              "network": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1}}
 METRICS = ("dice", "cldice", "betti0")
@@ -146,6 +152,8 @@ def run_bundle(config: str, train: Path, test: Path, out: Path, args: argparse.N
     fanet = not config.startswith("basicunet")
     common += ["--network_def#channels", json.dumps(args.channels)] if fanet else ["--network_def",
                                                                                     json.dumps(BASICUNET)]
+    if config == "fanet_patch_annotator":
+        common += ["--mask_mix", json.dumps(ANNOTATOR_MIX), "--unroll_random", "True"]
     start = time.time()
     if run(["train", str(train), "--bundle_root", str(out), "--overwrite", "True", *common]) != 0:
         raise SystemExit(f"{config}: training failed (see {out / 'logs'})")
@@ -238,9 +246,9 @@ def report(runs: list[dict]) -> str:
             rs = [r for r in mine if r["config"] == config]
             if not rs:
                 continue
-            fanet = config in ("resize_nearest", "resize_area", "fanet_patch")
+            fanet = config in ("resize_nearest", "resize_area", "fanet_patch", "fanet_patch_annotator")
             twin = {"resize_nearest": "basicunet_resize_nearest", "resize_area": "basicunet_resize_area",
-                    "fanet_patch": "basicunet_patch"}.get(config, config)
+                    "fanet_patch": "basicunet_patch", "fanet_patch_annotator": "basicunet_patch"}.get(config, config)
             resize = {"fanet_patch": "resize_area", "basicunet_patch": "basicunet_resize_area",
                       "monai_patch": "monai_resize"}.get(config, config)
 

@@ -111,7 +111,8 @@ class FeedbackMaskHandler:
     def initialize(self, engine: Engine) -> None:
         """Give every training sample without a cached mask its initial (Otsu) mask."""
         if getattr(engine.data_loader, "persistent_workers", False):
-            raise ValueError("persistent data-loader workers would feed stale feedback masks: set persistent_workers=False.")
+            raise ValueError("persistent data-loader workers would feed stale feedback masks: "
+                             "set persistent_workers=False.")
         items = getattr(engine.data_loader.dataset, "data", None)
         if items is None:
             raise ValueError("the training dataset has no `data` list to initialise the feedback masks from.")

@@ -9,7 +9,9 @@ mask it never saw in training. The sources here let training see what test time 
 - ``"mixed"``: per sample and epoch, draw one of ``previous``, ``initial`` (start mask), ``empty``, ``full``,
   ``perturbed`` (the previous mask randomly eroded or dilated, with some of its blobs dropped) or ``degraded`` (the
   sample's *label* degraded the way a rough or half-edited annotation is: :func:`degrade_label`; what MONAI Label's
-  refine-my-mask feeds the network at test time).
+  refine-my-mask feeds the network at test time) or ``corrected`` (the previous mask with the label pasted into
+  a few random boxes: :func:`paste_label_boxes`; what an annotator's corrections on the network's own mask look
+  like, as in the annotation loop).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ __all__ = [
     "polygon_per_component",
     "box_per_component",
     "degrade_label",
+    "paste_label_boxes",
 ]
 
 MASK_SOURCES = ("previous", "initial", "mixed")
-MIX_CHOICES = ("previous", "initial", "empty", "full", "perturbed", "degraded")
+MIX_CHOICES = ("previous", "initial", "empty", "full", "perturbed", "degraded", "corrected")
 #: the kinds of :func:`degrade_label`, drawn with equal probability
 DEGRADATIONS = ("eroded", "dilated", "components_dropped", "polygon", "box")
 DEFAULT_MIX: Dict[str, float] = {"previous": 0.25, "perturbed": 0.25, "initial": 0.25, "empty": 0.25}
@@ -145,3 +148,32 @@ def degrade_label(
     else:
         binary = box_per_component(binary)
     return binary[None].astype(np.uint8)
+
+
+def paste_label_boxes(
+    mask: np.ndarray,
+    label: np.ndarray,
+    rng: np.random.RandomState,
+    max_boxes: int = 4,
+    side: tuple[float, float] = (0.0625, 0.25),
+) -> np.ndarray:
+    """A mask an annotator has partly corrected: ``mask`` (``(1, *spatial)`` 0/1, e.g. the network's previous
+    prediction) with the true ``label`` (``(1, *spatial)``, > 0 is foreground) pasted into 1..``max_boxes`` random
+    boxes, each of a random side in ``side`` (fractions of every spatial size, at least 1 pixel). Training on these
+    shows the network masks that are exact in places and its own answer elsewhere, as the annotation loop's
+    corrected masks are. Returns uint8 0/1 ``(1, *spatial)``."""
+    if mask.shape != label.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from the label's {label.shape}.")
+    if max_boxes < 1 or not 0 < side[0] <= side[1] <= 1:
+        raise ValueError(f"need max_boxes >= 1 and 0 < side[0] <= side[1] <= 1, got {max_boxes} and {side}.")
+    out = np.asarray(mask[0]) > 0
+    truth = np.asarray(label[0]) > 0
+    for _ in range(int(rng.randint(1, max_boxes + 1))):
+        fraction = rng.uniform(*side)
+        box = []
+        for size in out.shape:
+            length = min(size, max(1, int(round(fraction * size))))
+            start = int(rng.randint(0, size - length + 1))
+            box.append(slice(start, start + length))
+        out[tuple(box)] = truth[tuple(box)]
+    return out[None].astype(np.uint8)

@@ -18,7 +18,7 @@ from monai.utils import convert_to_tensor
 
 from fanet_monai.feedback.cache import FeedbackMaskCache, sample_key
 from fanet_monai.feedback.masks import check_start_mask, start_mask
-from fanet_monai.feedback.sources import MASK_SOURCES, degrade_label, normalize_mix, perturb_mask
+from fanet_monai.feedback.sources import MASK_SOURCES, degrade_label, normalize_mix, paste_label_boxes, perturb_mask
 
 __all__ = ["FeedbackMaskd"]
 
@@ -49,9 +49,11 @@ class FeedbackMaskd(MapTransform, Randomizable):
         initial: the start mask, one of :data:`fanet_monai.feedback.masks.START_MASKS`.
         source: ``"previous"``, ``"initial"`` or ``"mixed"``.
         mix: probabilities of ``"previous"``, ``"initial"``, ``"empty"``, ``"full"``, ``"perturbed"``,
-            ``"degraded"`` for the ``"mixed"`` source (default :data:`~fanet_monai.feedback.sources.DEFAULT_MIX`).
+            ``"degraded"``, ``"corrected"`` for the ``"mixed"`` source (default
+            :data:`~fanet_monai.feedback.sources.DEFAULT_MIX`).
         label_key: the label, read only by the ``"degraded"`` choice (the label degraded by
-            :func:`~fanet_monai.feedback.sources.degrade_label`).
+            :func:`~fanet_monai.feedback.sources.degrade_label`) and the ``"corrected"`` choice (the previous mask
+            with the label pasted into random boxes: :func:`~fanet_monai.feedback.sources.paste_label_boxes`).
     """
 
     def __init__(
@@ -96,6 +98,17 @@ class FeedbackMaskd(MapTransform, Randomizable):
             )
         return cached
 
+    def _label(self, d: Mapping, key: str, image: torch.Tensor, choice: str) -> np.ndarray:
+        """The sample's foreground (``(1, *spatial)`` bool: any class) for the label-reading choices."""
+        if self.label_key not in d:
+            raise KeyError(f"{key}: the {choice!r} feedback mask source needs the label under "
+                           f"{self.label_key!r}; this sample has keys {sorted(map(str, d))}.")
+        label = convert_to_tensor(d[self.label_key], track_meta=False).detach().cpu().numpy()
+        if tuple(label.shape[1:]) != tuple(image.shape[1:]):
+            raise ValueError(f"{key}: label spatial shape {tuple(label.shape[1:])} differs from the image's "
+                             f"{tuple(image.shape[1:])}; place FeedbackMaskd after the label is resized too.")
+        return label[:1] > 0.5
+
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         image = d[self.keys[0]]
@@ -110,14 +123,8 @@ class FeedbackMaskd(MapTransform, Randomizable):
         elif choice == "full":
             mask = torch.ones(shape)
         elif choice == "degraded":
-            if self.label_key not in d:
-                raise KeyError(f"{key}: the 'degraded' feedback mask source needs the label under "
-                               f"{self.label_key!r}; this sample has keys {sorted(map(str, d))}.")
-            label = convert_to_tensor(d[self.label_key], track_meta=False).detach().cpu().numpy()
-            if tuple(label.shape[1:]) != tuple(image.shape[1:]):
-                raise ValueError(f"{key}: label spatial shape {tuple(label.shape[1:])} differs from the image's "
-                                 f"{tuple(image.shape[1:])}; place FeedbackMaskd after the label is resized too.")
-            mask = torch.as_tensor(degrade_label(label[:1] > 0.5, self.R), dtype=torch.float32)
+            label = self._label(d, key, image, choice)
+            mask = torch.as_tensor(degrade_label(label, self.R), dtype=torch.float32)
         else:
             cached = None if choice == "initial" else self._cached(key, image)
             if cached is None:
@@ -126,6 +133,9 @@ class FeedbackMaskd(MapTransform, Randomizable):
                 mask = torch.as_tensor(perturb_mask(cached, self.R), dtype=torch.float32)
             else:
                 mask = torch.as_tensor(cached, dtype=torch.float32)
+            if choice == "corrected":
+                label = self._label(d, key, image, choice)
+                mask = torch.as_tensor(paste_label_boxes(mask.numpy() > 0.5, label, self.R), dtype=torch.float32)
         meta = dict(image.meta) if isinstance(image, MetaTensor) else {"filename_or_obj": key}
         d[self.mask_key] = MetaTensor(mask, meta=meta)
         return d
