@@ -21,6 +21,7 @@ from fanet_monai.feedback.sources import (
     degrade_label,
     drop_components,
     normalize_mix,
+    paste_label_boxes,
     perturb_mask,
     polygon_per_component,
 )
@@ -156,6 +157,52 @@ def test_degraded_source_degrades_the_label_and_names_missing_labels():
         transform(small)
 
 
+def test_paste_label_boxes_is_the_label_inside_boxes_and_the_mask_elsewhere():
+    rng = np.random.RandomState(0)
+    label = np.zeros((1, 40, 60), bool)
+    label[0, 8:30, 5:50] = True
+    mask = np.zeros((1, 40, 60), np.uint8)
+    mask[0, 0:10, 40:60] = 1  # a false positive partly inside the label's rows
+    changed_any = False
+    for _ in range(50):
+        out = paste_label_boxes(mask, label, rng)
+        assert out.shape == mask.shape and out.dtype == np.uint8 and set(np.unique(out)) <= {0, 1}
+        changed = out != mask
+        assert np.array_equal(out[changed], label[changed].astype(np.uint8))  # every change is the label's value
+        changed_any |= bool(changed.any())
+        agrees_with_label = (out == label) | (out == mask)
+        assert agrees_with_label.all()
+    assert changed_any
+    # a box as large as the image pastes the whole label; 3-D masks work the same
+    assert np.array_equal(paste_label_boxes(mask, label, rng, max_boxes=1, side=(1.0, 1.0)), label.astype(np.uint8))
+    cube = np.ones((1, 8, 8, 8), bool)
+    assert paste_label_boxes(np.zeros((1, 8, 8, 8)), cube, rng).sum() > 0
+    with pytest.raises(ValueError, match="differs from the label"):
+        paste_label_boxes(mask, label[:, :20], rng)
+    with pytest.raises(ValueError, match="max_boxes >= 1"):
+        paste_label_boxes(mask, label, rng, side=(0.5, 0.2))
+
+
+def test_corrected_source_pastes_the_label_into_the_previous_mask():
+    cache = FeedbackMaskCache()
+    previous = np.zeros((1, 24, 32), np.uint8)
+    previous[0, 18:24, 20:32] = 1  # the cached prediction: a false positive away from the label's blob
+    cache.put("a.png", previous)
+    label = torch.as_tensor(blob_mask(), dtype=torch.float32)
+    transform = FeedbackMaskd("image", cache, source="mixed", mix={"corrected": 1.0})
+    transform.set_random_state(0)
+    data = dict(sample(), label=MetaTensor(label))
+    masks = [transform(data)["mask"].as_tensor().numpy() for _ in range(30)]
+    for m in masks:
+        assert m.shape == (1, 24, 32)
+        assert ((m == previous) | (m == label.numpy())).all()  # each pixel: the previous mask's or the label's
+    assert any((m != previous).any() for m in masks)  # some corrections land
+    assert any((m == previous).sum() > m.size // 2 for m in masks)  # and most of the previous mask stays
+    with pytest.raises(KeyError, match="a.png: the 'corrected' feedback mask source needs the label"):
+        transform(sample())
+    assert normalize_mix({"corrected": 1, "empty": 1}) == {"corrected": 0.5, "empty": 0.5}
+
+
 class RecordingNet(torch.nn.Module):
     """logits = w * (2 * mask - 1) + shift, where shift grows the mask each pass; records each call."""
 
@@ -230,13 +277,14 @@ def test_unrolled_and_mixed_training_run_in_the_bundle(tmp_path, tiny_training):
     assert wf.parser.get_parsed_content("validate#inferer").start_mask == "otsu_inverted"
 
 
-def test_degraded_label_source_trains_in_the_bundle(tmp_path, tiny_training):
+@pytest.mark.parametrize("mix", [{"degraded": 0.5, "empty": 0.5}, {"corrected": 0.5, "previous": 0.5}])
+def test_label_reading_sources_train_in_the_bundle(tmp_path, tiny_training, mix):
     data = make_synthetic_dataset(tmp_path / "data", num_images=6, height=32, width=32, seed=0)
-    wf = tiny_training(tmp_path / "run", data, image_size=[32, 32], max_epochs=1, mask_source="mixed",
-                       mask_mix={"degraded": 0.5, "empty": 0.5})
+    wf = tiny_training(tmp_path / "run", data, image_size=[32, 32], max_epochs=2, mask_source="mixed",
+                       mask_mix=mix, unroll_random=True)
     wf.run()
     transform = wf.parser.get_parsed_content("train#feedback_mask")
-    assert transform.mix == {"degraded": 0.5, "empty": 0.5} and transform.label_key == "label"
+    assert transform.mix == mix and transform.label_key == "label"
     assert len(wf.parser.get_parsed_content("feedback_cache")) == 5
 
 
