@@ -8,9 +8,10 @@ own size** (Dice, clDice, Betti-0 error: :mod:`fanet_monai.metrics`, :mod:`fanet
   default since this comparison);
 - ``fanet_patch``: the bundle in patch mode (``patch_size`` patches, sliding-window refinement);
 - ``fanet_patch_annotator``: the same, trained for annotation: the feedback masks include ``corrected`` ones (the
-  previous prediction with the label pasted into random boxes, :data:`ANNOTATOR_MIX`) and every step draws one or
-  two passes (``--unroll_random``), so the network is also trained directly on the mask it is fed
-  (``benchmarks/annotation_loop.py`` compares it with ``fanet_patch``);
+  previous prediction with the label pasted into random boxes; ``ANNOTATOR_MIX`` of
+  :mod:`fanet_monai.feedback.sources`) and every step draws one or two passes (``--unroll_random``), so the network
+  is also trained directly on the mask it is fed (``benchmarks/annotation_loop.py`` compares it with
+  ``fanet_patch``);
 - ``basicunet_resize_nearest``, ``basicunet_resize_area``, ``basicunet_patch``: the same three with MONAI's
   ``BasicUNet`` as ``network_def`` (the bundle's pipeline against the plain scripts, same network);
 - ``monai_resize``: a plain MONAI script (``BasicUNet``, images and labels resized bilinear with anti-aliasing /
@@ -65,14 +66,14 @@ from fanet_monai.cli import run  # noqa: E402
 from fanet_monai.data import make_vessel_dataset  # noqa: E402
 from fanet_monai.metrics import segmentation_metrics  # noqa: E402
 from fanet_monai.outputs import small_object_removal  # noqa: E402
+from fanet_monai.feedback.sources import ANNOTATOR_MIX  # noqa: E402
 from fanet_monai.run import release_claims  # noqa: E402
 from fanet_monai.topology import connectivity_metrics  # noqa: E402
 
 SHARED_EM = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em"
 CONFIGS = ("resize_nearest", "resize_area", "fanet_patch", "fanet_patch_annotator", "basicunet_resize_nearest",
            "basicunet_resize_area", "basicunet_patch", "monai_resize", "monai_patch")
-#: the feedback sources of ``fanet_patch_annotator``: the default mix with partly corrected masks added
-ANNOTATOR_MIX = {"previous": 0.15, "perturbed": 0.15, "initial": 0.15, "empty": 0.15, "corrected": 0.4}
+
 BASICUNET = {"_target_": "fanet_monai.networks.ImageOnlyNetwork",
              "network": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1}}
 METRICS = ("dice", "cldice", "betti0")

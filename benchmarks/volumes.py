@@ -7,6 +7,9 @@ evaluated pass by pass (``evaluate.json``) on a held-out fold, with the Dice and
 - ``fanet_3d``: the 3-D FANet (default feedback training), refined (``--passes``) and its pass 1;
 - ``fanet_3d_head8``: the same with ``head_channels = widths[0]``: the head reads as many channels as BasicUNet's
   last level (the reference's ``widths[0] // 2`` is 4 at widths 8-64);
+- ``fanet_3d_annotator``: ``fanet_3d_head8`` trained for annotation: ``corrected`` feedback masks in the mix (the
+  previous prediction with the label pasted into random boxes) and one or two passes per step (``unroll_random``),
+  as ``fanet_patch_annotator`` of ``benchmarks/native_resolution.py``;
 - ``fanet_slice``: the 2-D FANet over the slices of the same patches (``volume_mode slice``, axial);
 - ``basicunet_3d``, ``unet_3d``, ``dynunet_3d``: MONAI's ``BasicUNet``, ``UNet`` and ``DynUNet`` (kernels and
   strides as nnU-Net's 3d_fullres plans them for small isotropic patches, deep supervision off), one pass, through
@@ -47,6 +50,7 @@ from fanet_monai.bundle import bundle_configs, run_workflow  # noqa: E402
 from fanet_monai.checkpoints import latest_intact_checkpoint  # noqa: E402
 from fanet_monai.data import make_volume_dataset  # noqa: E402
 from fanet_monai.data.decathlon import declared_settings, prepare_msd  # noqa: E402
+from fanet_monai.feedback.sources import ANNOTATOR_MIX  # noqa: E402
 from fanet_monai.run import release_claims  # noqa: E402
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "msd_hippocampus"
@@ -65,6 +69,9 @@ def configurations(widths: list[int], num_classes: int) -> dict[str, tuple[str, 
         "fanet_3d": ("FANet 3-D (feedback, refined)", {"network_def#channels": w}, True),
         "fanet_3d_head8": (f"FANet 3-D, head reading {w[0]} channels as BasicUNet's last level (feedback, refined)",
                            {"network_def#channels": w, "network_def#head_channels": w[0]}, True),
+        "fanet_3d_annotator": ("FANet 3-D, head 8, trained for annotation (corrected masks in the mix)",
+                               {"network_def#channels": w, "network_def#head_channels": w[0],
+                                "mask_mix": ANNOTATOR_MIX, "unroll_random": True}, True),
         "fanet_3d_nolast": ("FANet 3-D without the last decoder MixPool (feedback, refined)",
                             {"network_def#channels": w, "network_def#final_mixpool": False}, True),
         "fanet_slice": ("FANet 2-D over axial slices (refined)", {"volume_mode": "slice", "network_def#channels": w},

@@ -26,6 +26,7 @@ __all__ = [
     "MASK_SOURCES",
     "MIX_CHOICES",
     "DEFAULT_MIX",
+    "ANNOTATOR_MIX",
     "DEGRADATIONS",
     "perturb_mask",
     "normalize_mix",
@@ -41,6 +42,9 @@ MIX_CHOICES = ("previous", "initial", "empty", "full", "perturbed", "degraded", 
 #: the kinds of :func:`degrade_label`, drawn with equal probability
 DEGRADATIONS = ("eroded", "dilated", "components_dropped", "polygon", "box")
 DEFAULT_MIX: Dict[str, float] = {"previous": 0.25, "perturbed": 0.25, "initial": 0.25, "empty": 0.25}
+#: a mix for networks that will refine annotators' corrected masks: the default with ``corrected`` masks added
+ANNOTATOR_MIX: Dict[str, float] = {"previous": 0.15, "perturbed": 0.15, "initial": 0.15, "empty": 0.15,
+                                   "corrected": 0.4}
 
 
 def normalize_mix(mix: Mapping[str, float] | None) -> Dict[str, float]:
