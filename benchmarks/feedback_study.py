@@ -39,7 +39,7 @@ from scipy import stats
 
 from fanet_monai.bundle import bundle_configs, run_workflow
 from fanet_monai.checkpoints import latest_intact_checkpoint
-from fanet_monai.data import make_synthetic_dataset, make_thin_structure_dataset
+from fanet_monai.data import make_thin_structure_dataset
 
 SHARED_EM = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em"
 METRICS = ("f1", "cldice", "betti0_error")

@@ -8,10 +8,9 @@ own size** (Dice, clDice, Betti-0 error: :mod:`fanet_monai.metrics`, :mod:`fanet
   default since this comparison);
 - ``fanet_patch``: the bundle in patch mode (``patch_size`` patches, sliding-window refinement);
 - ``fanet_patch_annotator``: the same, trained for annotation: the feedback masks include ``corrected`` ones (the
-  previous prediction with the label pasted into random boxes; ``ANNOTATOR_MIX`` of
-  :mod:`fanet_monai.feedback.sources`) and every step draws one or two passes (``--unroll_random``), so the network
-  is also trained directly on the mask it is fed (``benchmarks/annotation_loop.py`` compares it with
-  ``fanet_patch``);
+  previous prediction with the label pasted into random boxes: ``--mask_mix annotator``) and every step draws one
+  or two passes (``--unroll_random``), so the network is also trained directly on the mask it is fed
+  (``benchmarks/annotation_loop.py`` compares it with ``fanet_patch``);
 - ``basicunet_resize_nearest``, ``basicunet_resize_area``, ``basicunet_patch``: the same three with MONAI's
   ``BasicUNet`` as ``network_def`` (the bundle's pipeline against the plain scripts, same network);
 - ``monai_resize``: a plain MONAI script (``BasicUNet``, images and labels resized bilinear with anti-aliasing /
@@ -66,7 +65,6 @@ from fanet_monai.cli import run  # noqa: E402
 from fanet_monai.data import make_vessel_dataset  # noqa: E402
 from fanet_monai.metrics import segmentation_metrics  # noqa: E402
 from fanet_monai.outputs import small_object_removal  # noqa: E402
-from fanet_monai.feedback.sources import ANNOTATOR_MIX  # noqa: E402
 from fanet_monai.run import release_claims  # noqa: E402
 from fanet_monai.topology import connectivity_metrics  # noqa: E402
 
@@ -154,7 +152,7 @@ def run_bundle(config: str, train: Path, test: Path, out: Path, args: argparse.N
     common += ["--network_def#channels", json.dumps(args.channels)] if fanet else ["--network_def",
                                                                                     json.dumps(BASICUNET)]
     if config == "fanet_patch_annotator":
-        common += ["--mask_mix", json.dumps(ANNOTATOR_MIX), "--unroll_random", "True"]
+        common += ["--mask_mix", "annotator", "--unroll_random", "True"]
     start = time.time()
     if run(["train", str(train), "--bundle_root", str(out), "--overwrite", "True", *common]) != 0:
         raise SystemExit(f"{config}: training failed (see {out / 'logs'})")

@@ -30,7 +30,8 @@ def candidates() -> Dict[str, Callable[[], torch.nn.Module]]:
         "FANet B3": lambda: FANet(variant="B3"),
         "FANet B1": lambda: FANet(variant="B1"),
         "BasicUNet (MONAI default widths)": lambda: ImageOnlyNetwork(BasicUNet(2, 3, 1)),
-        "AttentionUnet (16-256)": lambda: ImageOnlyNetwork(AttentionUnet(2, 3, 1, (16, 32, 64, 128, 256), (2, 2, 2, 2))),
+        "AttentionUnet (16-256)": lambda: ImageOnlyNetwork(
+            AttentionUnet(2, 3, 1, (16, 32, 64, 128, 256), (2, 2, 2, 2))),
         "BasicUNetPlusPlus (MONAI default widths)": lambda: ImageOnlyNetwork(BasicUNetPlusPlus(2, 3, 1)),
         "BasicUNet (paper widths 64-1024)": lambda: ImageOnlyNetwork(BasicUNet(2, 3, 1, features=(*paper, 64))),
         "AttentionUnet (paper widths 64-1024)": lambda: ImageOnlyNetwork(AttentionUnet(2, 3, 1, paper, (2, 2, 2, 2))),

@@ -50,7 +50,6 @@ from fanet_monai.bundle import bundle_configs, run_workflow  # noqa: E402
 from fanet_monai.checkpoints import latest_intact_checkpoint  # noqa: E402
 from fanet_monai.data import make_volume_dataset  # noqa: E402
 from fanet_monai.data.decathlon import declared_settings, prepare_msd  # noqa: E402
-from fanet_monai.feedback.sources import ANNOTATOR_MIX  # noqa: E402
 from fanet_monai.run import release_claims  # noqa: E402
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "msd_hippocampus"
@@ -71,7 +70,7 @@ def configurations(widths: list[int], num_classes: int) -> dict[str, tuple[str, 
                            {"network_def#channels": w, "network_def#head_channels": w[0]}, True),
         "fanet_3d_annotator": ("FANet 3-D, head 8, trained for annotation (corrected masks in the mix)",
                                {"network_def#channels": w, "network_def#head_channels": w[0],
-                                "mask_mix": ANNOTATOR_MIX, "unroll_random": True}, True),
+                                "mask_mix": "annotator", "unroll_random": True}, True),
         "fanet_3d_nolast": ("FANet 3-D without the last decoder MixPool (feedback, refined)",
                             {"network_def#channels": w, "network_def#final_mixpool": False}, True),
         "fanet_slice": ("FANet 2-D over axial slices (refined)", {"volume_mode": "slice", "network_def#channels": w},

@@ -16,7 +16,6 @@ from fanet_monai.data import make_synthetic_dataset
 from fanet_monai.feedback import FeedbackMaskCache, otsu_mask_torch
 from fanet_monai.feedback.sources import (
     DEFAULT_MIX,
-    DEGRADATIONS,
     box_per_component,
     degrade_label,
     drop_components,
@@ -203,6 +202,14 @@ def test_corrected_source_pastes_the_label_into_the_previous_mask():
     assert normalize_mix({"corrected": 1, "empty": 1}) == {"corrected": 0.5, "empty": 0.5}
 
 
+def test_named_mixes():
+    assert normalize_mix("default") == normalize_mix(None) == DEFAULT_MIX
+    annotator = normalize_mix("annotator")
+    assert annotator["corrected"] == 0.4 and abs(sum(annotator.values()) - 1) < 1e-9
+    with pytest.raises(ValueError, match="unknown mask mix 'annotater'; give one of"):
+        normalize_mix("annotater")
+
+
 class RecordingNet(torch.nn.Module):
     """logits = w * (2 * mask - 1) + shift, where shift grows the mask each pass; records each call."""
 
@@ -277,14 +284,14 @@ def test_unrolled_and_mixed_training_run_in_the_bundle(tmp_path, tiny_training):
     assert wf.parser.get_parsed_content("validate#inferer").start_mask == "otsu_inverted"
 
 
-@pytest.mark.parametrize("mix", [{"degraded": 0.5, "empty": 0.5}, {"corrected": 0.5, "previous": 0.5}])
+@pytest.mark.parametrize("mix", [{"degraded": 0.5, "empty": 0.5}, "annotator"])
 def test_label_reading_sources_train_in_the_bundle(tmp_path, tiny_training, mix):
     data = make_synthetic_dataset(tmp_path / "data", num_images=6, height=32, width=32, seed=0)
     wf = tiny_training(tmp_path / "run", data, image_size=[32, 32], max_epochs=2, mask_source="mixed",
                        mask_mix=mix, unroll_random=True)
     wf.run()
     transform = wf.parser.get_parsed_content("train#feedback_mask")
-    assert transform.mix == mix and transform.label_key == "label"
+    assert transform.mix == normalize_mix(mix) and transform.label_key == "label"
     assert len(wf.parser.get_parsed_content("feedback_cache")) == 5
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "MIX_CHOICES",
     "DEFAULT_MIX",
     "ANNOTATOR_MIX",
+    "NAMED_MIXES",
     "DEGRADATIONS",
     "perturb_mask",
     "normalize_mix",
@@ -45,10 +46,19 @@ DEFAULT_MIX: Dict[str, float] = {"previous": 0.25, "perturbed": 0.25, "initial":
 #: a mix for networks that will refine annotators' corrected masks: the default with ``corrected`` masks added
 ANNOTATOR_MIX: Dict[str, float] = {"previous": 0.15, "perturbed": 0.15, "initial": 0.15, "empty": 0.15,
                                    "corrected": 0.4}
+#: the mixes that ``mask_mix`` can name
+NAMED_MIXES: Dict[str, Dict[str, float]] = {"default": DEFAULT_MIX, "annotator": ANNOTATOR_MIX}
 
 
-def normalize_mix(mix: Mapping[str, float] | None) -> Dict[str, float]:
-    """Validated probabilities of the ``mixed`` source, scaled to sum to 1."""
+def normalize_mix(mix: Mapping[str, float] | str | None) -> Dict[str, float]:
+    """Validated probabilities of the ``mixed`` source, scaled to sum to 1. ``mix`` is a mapping of
+    :data:`MIX_CHOICES` to weights, a name of :data:`NAMED_MIXES` (``"default"``, ``"annotator"``) or ``None``
+    (the default)."""
+    if isinstance(mix, str):
+        if mix not in NAMED_MIXES:
+            raise ValueError(f"unknown mask mix {mix!r}; give one of {list(NAMED_MIXES)} or a mapping of "
+                             f"{list(MIX_CHOICES)} to probabilities.")
+        mix = NAMED_MIXES[mix]
     mix = dict(DEFAULT_MIX if mix is None else mix)
     unknown = sorted(set(mix) - set(MIX_CHOICES))
     if unknown:
