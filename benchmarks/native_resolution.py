@@ -11,6 +11,8 @@ own size** (Dice, clDice, Betti-0 error: :mod:`fanet_monai.metrics`, :mod:`fanet
   previous prediction with the label pasted into random boxes: ``--mask_mix annotator``) and every step draws one
   or two passes (``--unroll_random``), so the network is also trained directly on the mask it is fed
   (``benchmarks/annotation_loop.py`` compares it with ``fanet_patch``);
+- ``fanet_patch_annotator_input``: ``fanet_patch_annotator`` with the feedback mask also an input channel of the
+  first encoder stage (``network_def#mask_input``);
 - ``basicunet_resize_nearest``, ``basicunet_resize_area``, ``basicunet_patch``: the same three with MONAI's
   ``BasicUNet`` as ``network_def`` (the bundle's pipeline against the plain scripts, same network);
 - ``monai_resize``: a plain MONAI script (``BasicUNet``, images and labels resized bilinear with anti-aliasing /
@@ -69,8 +71,8 @@ from fanet_monai.run import release_claims  # noqa: E402
 from fanet_monai.topology import connectivity_metrics  # noqa: E402
 
 SHARED_EM = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em"
-CONFIGS = ("resize_nearest", "resize_area", "fanet_patch", "fanet_patch_annotator", "basicunet_resize_nearest",
-           "basicunet_resize_area", "basicunet_patch", "monai_resize", "monai_patch")
+CONFIGS = ("resize_nearest", "resize_area", "fanet_patch", "fanet_patch_annotator", "fanet_patch_annotator_input",
+           "basicunet_resize_nearest", "basicunet_resize_area", "basicunet_patch", "monai_resize", "monai_patch")
 
 BASICUNET = {"_target_": "fanet_monai.networks.ImageOnlyNetwork",
              "network": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1}}
@@ -151,8 +153,10 @@ def run_bundle(config: str, train: Path, test: Path, out: Path, args: argparse.N
     fanet = not config.startswith("basicunet")
     common += ["--network_def#channels", json.dumps(args.channels)] if fanet else ["--network_def",
                                                                                     json.dumps(BASICUNET)]
-    if config == "fanet_patch_annotator":
+    if config.startswith("fanet_patch_annotator"):
         common += ["--mask_mix", "annotator", "--unroll_random", "True"]
+    if config == "fanet_patch_annotator_input":
+        common += ["--network_def#mask_input", "True"]
     start = time.time()
     if run(["train", str(train), "--bundle_root", str(out), "--overwrite", "True", *common]) != 0:
         raise SystemExit(f"{config}: training failed (see {out / 'logs'})")
@@ -245,9 +249,9 @@ def report(runs: list[dict]) -> str:
             rs = [r for r in mine if r["config"] == config]
             if not rs:
                 continue
-            fanet = config in ("resize_nearest", "resize_area", "fanet_patch", "fanet_patch_annotator")
-            twin = {"resize_nearest": "basicunet_resize_nearest", "resize_area": "basicunet_resize_area",
-                    "fanet_patch": "basicunet_patch", "fanet_patch_annotator": "basicunet_patch"}.get(config, config)
+            fanet = config in ("resize_nearest", "resize_area") or config.startswith("fanet_patch")
+            twin = {"resize_nearest": "basicunet_resize_nearest", "resize_area": "basicunet_resize_area"}.get(
+                config, "basicunet_patch" if config.startswith("fanet_patch") else config)
             resize = {"fanet_patch": "resize_area", "basicunet_patch": "basicunet_resize_area",
                       "monai_patch": "monai_resize"}.get(config, config)
 

@@ -154,6 +154,30 @@ def test_prior_probability_starts_the_head_at_the_foreground_prior(out_channels)
     assert torch.allclose(probability, torch.full_like(probability, 0.05), atol=1e-6)
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_mask_input_lets_the_mask_reach_beyond_the_pixel(spatial_dims):
+    """Without MixPool (B1) the paper's network reads the mask only through the head's 1x1 convolution: changing the
+    mask in one corner cannot move the logits anywhere else. With ``mask_input`` the encoder reads it too."""
+    size = (16,) * spatial_dims
+    torch.manual_seed(0)
+    image = torch.rand(1, 1, *size)
+    mask = torch.zeros(1, 1, *size)
+    changed = mask.clone()
+    changed[(0, 0) + (slice(0, 4),) * spatial_dims] = 1
+    corner = (slice(None), slice(None)) + (slice(0, 4),) * spatial_dims
+    for mask_input in (False, True):
+        net = FANet(spatial_dims, 1, 1, variant="B1", channels=(4, 8, 8, 8), mask_input=mask_input).eval()
+        first_conv = next(p for n, p in net.named_parameters() if n.startswith("encoder.0") and p.ndim > 2)
+        assert first_conv.shape[1] == 1 + int(mask_input)
+        with torch.no_grad():
+            a, b = net(torch.cat([image, mask], 1)), net(torch.cat([image, changed], 1))
+        elsewhere = torch.ones_like(a, dtype=torch.bool)
+        elsewhere[corner] = False
+        moved = (a - b).abs()[elsewhere].max().item()
+        assert (moved > 1e-4) == mask_input, (mask_input, moved)
+        assert a.shape == (1, 1, *size)
+
+
 def test_head_channels_sets_the_width_the_head_reads():
     default = FANet(3, 1, 3, channels=(8, 16, 32, 64))
     wider = FANet(3, 1, 3, channels=(8, 16, 32, 64), head_channels=8)

@@ -114,6 +114,13 @@ class FANet(nn.Module):
             class win (README, volume study). ``None`` (default): the reference's initialisation.
         head_channels: width of the last decoder stage, the features the head reads (with the mask);
             ``None`` (default): ``channels[0] // 2`` as in the reference (16 at the default widths, 4 at 8-64).
+        mask_input: also give the feedback mask to the first encoder stage as an input channel (its convolutions
+            read ``in_channels + 1`` channels), as interactive-segmentation networks take their previous mask or
+            guidance (RITM, MONAI Label's DeepEdit). The paper's network sees the mask only through MixPool's hard
+            gates and the head's one mask weight, and measured on annotators' corrected masks its output barely
+            depends on them (README, annotation loop); with this path, trained on corrected masks
+            (``mask_mix: "annotator"``), it can carry a correction into its neighbourhood. ``False`` (default):
+            the paper's network.
         slice_axis: with ``spatial_dims=2``, take volumes ``(B, in_channels + 1, X, Y, Z)`` and run the 2-D network
             on each slice across this spatial axis (0, 1 or 2; :mod:`fanet_monai.networks.slicewise`, the
             ``slice`` volume mode); ``None`` (default): inputs have ``spatial_dims`` spatial dimensions.
@@ -140,6 +147,7 @@ class FANet(nn.Module):
         norm: tuple | str = "batch",
         prior_probability: float | None = None,
         head_channels: int | None = None,
+        mask_input: bool = False,
         slice_axis: int | None = None,
     ) -> None:
         super().__init__()
@@ -184,6 +192,7 @@ class FANet(nn.Module):
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.mask_input = bool(mask_input)
         self.variant = variant
         self.depth = depth
         self.divisor = 2**depth
@@ -207,7 +216,7 @@ class FANet(nn.Module):
         max_pool = Pool[Pool.MAX, spatial_dims]
         self.mask_pool = max_pool(kernel_size=2, stride=2)
         encoder = []
-        cin = in_channels
+        cin = in_channels + int(self.mask_input)
         for i, width in enumerate(channels):
             encoder.append(
                 _EncoderStage(se_blocks(cin, width), mixpool(f"encoder{i + 1}", width), max_pool(kernel_size=2))
@@ -285,7 +294,7 @@ class FANet(nn.Module):
         for _ in range(self.depth - 1):
             masks.append(self.mask_pool(masks[-1]))
 
-        h = image
+        h = x if self.mask_input else image
         skips: List[torch.Tensor] = []
         for i, stage in enumerate(self.encoder):
             h, skip = stage(h, masks[i])
