@@ -448,9 +448,13 @@ def plot(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sources = sorted({r["source"] for r in records})
-    fig, axes = plt.subplots(1, len(sources), figsize=(5 * len(sources), 4), squeeze=False)
-    for ax, source in zip(axes[0], sources):
+    sources = list(dict.fromkeys(r["source"] for r in records))  # in the order the records came
+    columns = min(3, len(sources))
+    rows = -(-len(sources) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(sources):]:
+        ax.set_visible(False)
+    for ax, source in zip(axes.flat, sources):
         rs = [r for r in records if r["source"] == source]
         for strategy in STRATEGIES:
             x = np.mean([[row["corrected"] for row in r["loop"][strategy]] for r in rs], axis=0)
