@@ -16,6 +16,7 @@ from ignite.engine import Events
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureTyped, Invertd, LoadImaged
 
+from fanet_monai.checkpoints import latest_intact_checkpoint
 from fanet_monai.bundle import bundle_configs, load_workflow, run_workflow
 from fanet_monai.data.synthetic_structures import make_blob_volume
 from fanet_monai.data.caching import cached_prefix, preprocessed_dataset
@@ -247,3 +248,31 @@ def test_the_volume_network_starts_at_the_foreground_prior(volume_mode):
     parser.update({"network_def#prior_probability": 0.2})
     network = parser.get_parsed_content("network_def", lazy=False)
     assert torch.softmax(network.head.conv.bias, 0).tolist() == pytest.approx([0.8, 0.1, 0.1])
+
+
+def test_volumes_train_for_annotation_with_corrected_masks_and_the_mask_as_input(tmp_path):
+    """The annotation-trained 3-D network (``mask_mix: "annotator"``, ``unroll_random``, ``mask_input``) trains
+    through ``volume.json`` — the ``corrected`` masks read the label after the volume preprocessing — and infers
+    onto the input grid."""
+    data = tmp_path / "data"
+    for i in range(3):
+        write_case(data, f"case{i}.nii.gz", lps((1.0, 1.0, 2.0)), shape=(24, 24, 20), seed=i)
+    tiny = {"bundle_root": str(tmp_path / "run"), "num_workers": 0, "num_passes": 2, "patch_size": [16, 16, 16],
+            "network_def#channels": [4, 8, 8, 8], "network_def#mask_input": True, "modality": "MR"}
+    workflow = load_workflow(bundle_configs("train", "volume"), "training", dataset_dir=str(data), max_epochs=2,
+                             batch_size=2, val_fraction=0, show_progress=False, mask_mix="annotator",
+                             unroll_random=True, **tiny)
+    transform = workflow.parser.get_parsed_content("train#feedback_mask")
+    assert transform.mix["corrected"] == 0.4
+    network = workflow.parser.get_parsed_content("network")
+    first_conv = next(p for n, p in network.named_parameters() if n.startswith("encoder.0") and p.ndim == 5)
+    assert network.mask_input and first_conv.shape[1] == 2  # one image channel + the mask
+    workflow.run()
+    release_claims()
+    assert len(workflow.parser.get_parsed_content("feedback_cache")) == 3
+    out = tmp_path / "masks"
+    run_workflow(bundle_configs("inference", "volume"), "run", dataset_dir=str(data / "images"), output_dir=str(out),
+                 ckpt_path=latest_intact_checkpoint(tmp_path / "run" / "models"), **tiny)
+    for path in sorted((data / "images").iterdir()):
+        mask, source = nib.load(out / path.name), nib.load(path)
+        assert mask.shape == source.shape and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
