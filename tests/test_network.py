@@ -176,6 +176,8 @@ def test_mask_input_lets_the_mask_reach_beyond_the_pixel(spatial_dims):
         moved = (a - b).abs()[elsewhere].max().item()
         assert (moved > 1e-4) == mask_input, (mask_input, moved)
         assert a.shape == (1, 1, *size)
+    with pytest.raises(ValueError, match="mask_input must be true or false, got 'false'"):
+        FANet(spatial_dims, 1, 1, channels=(4, 8, 8, 8), mask_input="false")
 
 
 def test_head_channels_sets_the_width_the_head_reads():

@@ -177,6 +177,8 @@ class FANet(nn.Module):
                                                                                       numbers.Integral)
                                           or head_channels < 1):
             raise ValueError(f"head_channels must be a whole number >= 1, got {head_channels!r}.")
+        if mask_input not in (True, False):  # a string such as "false" from a hand-edited config is not a switch
+            raise ValueError(f"mask_input must be true or false, got {mask_input!r}.")
         decoder_widths = list(channels[-2::-1]) + [int(head_channels or channels[0] // 2)]
         if mixpool_feature_branch:
             widths = dict(zip(stage_names, list(channels) + decoder_widths))
