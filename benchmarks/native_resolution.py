@@ -13,6 +13,9 @@ own size** (Dice, clDice, Betti-0 error: :mod:`fanet_monai.metrics`, :mod:`fanet
   (``benchmarks/annotation_loop.py`` compares it with ``fanet_patch``);
 - ``fanet_patch_annotator_input``: ``fanet_patch_annotator`` with the feedback mask also an input channel of the
   first encoder stage (``network_def#mask_input``);
+- ``fanet_patch_annotator_errors_input``: ``fanet_patch_annotator_input`` with the corrections on the mask's errors
+  (``--mask_mix annotator_errors``: ``corrected_at_errors`` boxes, centred on pixels the previous prediction has
+  wrong);
 - ``basicunet_resize_nearest``, ``basicunet_resize_area``, ``basicunet_patch``: the same three with MONAI's
   ``BasicUNet`` as ``network_def`` (the bundle's pipeline against the plain scripts, same network);
 - ``monai_resize``: a plain MONAI script (``BasicUNet``, images and labels resized bilinear with anti-aliasing /
@@ -72,6 +75,7 @@ from fanet_monai.topology import connectivity_metrics  # noqa: E402
 
 SHARED_EM = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em"
 CONFIGS = ("resize_nearest", "resize_area", "fanet_patch", "fanet_patch_annotator", "fanet_patch_annotator_input",
+           "fanet_patch_annotator_errors_input",
            "basicunet_resize_nearest", "basicunet_resize_area", "basicunet_patch", "monai_resize", "monai_patch")
 
 BASICUNET = {"_target_": "fanet_monai.networks.ImageOnlyNetwork",
@@ -154,8 +158,9 @@ def run_bundle(config: str, train: Path, test: Path, out: Path, args: argparse.N
     common += ["--network_def#channels", json.dumps(args.channels)] if fanet else ["--network_def",
                                                                                     json.dumps(BASICUNET)]
     if config.startswith("fanet_patch_annotator"):
-        common += ["--mask_mix", "annotator", "--unroll_random", "True"]
-    if config == "fanet_patch_annotator_input":
+        mix = "annotator_errors" if "_errors" in config else "annotator"
+        common += ["--mask_mix", mix, "--unroll_random", "True"]
+    if config.endswith("_input"):
         common += ["--network_def#mask_input", "True"]
     start = time.time()
     if run(["train", str(train), "--bundle_root", str(out), "--overwrite", "True", *common]) != 0:

@@ -11,7 +11,9 @@ mask it never saw in training. The sources here let training see what test time 
   sample's *label* degraded the way a rough or half-edited annotation is: :func:`degrade_label`; what MONAI Label's
   refine-my-mask feeds the network at test time) or ``corrected`` (the previous mask with the label pasted into
   a few random boxes: :func:`paste_label_boxes`; what an annotator's corrections on the network's own mask look
-  like, as in the annotation loop).
+  like, as in the annotation loop) or ``corrected_at_errors`` (the same with every box centred on a pixel where the
+  mask is still wrong, as an annotator corrects where they see an error and interactive-segmentation training
+  places its simulated clicks in the error regions).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "MIX_CHOICES",
     "DEFAULT_MIX",
     "ANNOTATOR_MIX",
+    "ANNOTATOR_ERRORS_MIX",
     "NAMED_MIXES",
     "DEGRADATIONS",
     "perturb_mask",
@@ -39,20 +42,25 @@ __all__ = [
 ]
 
 MASK_SOURCES = ("previous", "initial", "mixed")
-MIX_CHOICES = ("previous", "initial", "empty", "full", "perturbed", "degraded", "corrected")
+MIX_CHOICES = ("previous", "initial", "empty", "full", "perturbed", "degraded", "corrected", "corrected_at_errors")
 #: the kinds of :func:`degrade_label`, drawn with equal probability
 DEGRADATIONS = ("eroded", "dilated", "components_dropped", "polygon", "box")
 DEFAULT_MIX: Dict[str, float] = {"previous": 0.25, "perturbed": 0.25, "initial": 0.25, "empty": 0.25}
 #: a mix for networks that will refine annotators' corrected masks: the default with ``corrected`` masks added
 ANNOTATOR_MIX: Dict[str, float] = {"previous": 0.15, "perturbed": 0.15, "initial": 0.15, "empty": 0.15,
                                    "corrected": 0.4}
+#: :data:`ANNOTATOR_MIX` with the corrections placed on the mask's errors (``corrected_at_errors``)
+ANNOTATOR_ERRORS_MIX: Dict[str, float] = {"previous": 0.15, "perturbed": 0.15, "initial": 0.15, "empty": 0.15,
+                                          "corrected_at_errors": 0.4}
 #: the mixes that ``mask_mix`` can name
-NAMED_MIXES: Dict[str, Dict[str, float]] = {"default": DEFAULT_MIX, "annotator": ANNOTATOR_MIX}
+NAMED_MIXES: Dict[str, Dict[str, float]] = {"default": DEFAULT_MIX, "annotator": ANNOTATOR_MIX,
+                                            "annotator_errors": ANNOTATOR_ERRORS_MIX}
 
 
 def normalize_mix(mix: Mapping[str, float] | str | None) -> Dict[str, float]:
     """Validated probabilities of the ``mixed`` source, scaled to sum to 1. ``mix`` is a mapping of
-    :data:`MIX_CHOICES` to weights, a name of :data:`NAMED_MIXES` (``"default"``, ``"annotator"``) or ``None``
+    :data:`MIX_CHOICES` to weights, a name of :data:`NAMED_MIXES` (``"default"``, ``"annotator"``,
+    ``"annotator_errors"``) or ``None``
     (the default)."""
     if isinstance(mix, str):
         if mix not in NAMED_MIXES:
@@ -170,12 +178,18 @@ def paste_label_boxes(
     rng: np.random.RandomState,
     max_boxes: int = 4,
     side: tuple[float, float] = (0.0625, 0.25),
+    at_errors: bool = False,
 ) -> np.ndarray:
     """A mask an annotator has partly corrected: ``mask`` (``(1, *spatial)`` 0/1, e.g. the network's previous
     prediction) with the true ``label`` (``(1, *spatial)``, > 0 is foreground) pasted into 1..``max_boxes`` random
     boxes, each of a random side in ``side`` (fractions of every spatial size, at least 1 pixel). Training on these
     shows the network masks that are exact in places and its own answer elsewhere, as the annotation loop's
-    corrected masks are. Returns uint8 0/1 ``(1, *spatial)``."""
+    corrected masks are.
+
+    With ``at_errors`` every box is centred on a pixel drawn uniformly from those where the mask (as corrected by
+    the boxes before it) still differs from the label — an annotator corrects where they see an error, and
+    interactive-segmentation training (e.g. RITM) places its simulated clicks in the error regions; random boxes on
+    a good mask mostly change nothing. Boxes stop early when no error is left. Returns uint8 0/1 ``(1, *spatial)``."""
     if mask.shape != label.shape:
         raise ValueError(f"mask shape {mask.shape} differs from the label's {label.shape}.")
     if max_boxes < 1 or not 0 < side[0] <= side[1] <= 1:
@@ -184,10 +198,15 @@ def paste_label_boxes(
     truth = np.asarray(label[0]) > 0
     for _ in range(int(rng.randint(1, max_boxes + 1))):
         fraction = rng.uniform(*side)
-        box = []
-        for size in out.shape:
-            length = min(size, max(1, int(round(fraction * size))))
-            start = int(rng.randint(0, size - length + 1))
-            box.append(slice(start, start + length))
-        out[tuple(box)] = truth[tuple(box)]
+        lengths = [min(size, max(1, int(round(fraction * size)))) for size in out.shape]
+        if at_errors:
+            errors = np.flatnonzero(out != truth)
+            if errors.size == 0:
+                break
+            centre = np.unravel_index(int(errors[rng.randint(errors.size)]), out.shape)
+            starts = [min(max(0, int(c) - n // 2), size - n) for c, n, size in zip(centre, lengths, out.shape)]
+        else:
+            starts = [int(rng.randint(0, size - n + 1)) for n, size in zip(lengths, out.shape)]
+        box = tuple(slice(a, a + n) for a, n in zip(starts, lengths))
+        out[box] = truth[box]
     return out[None].astype(np.uint8)

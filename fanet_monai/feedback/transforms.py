@@ -49,11 +49,12 @@ class FeedbackMaskd(MapTransform, Randomizable):
         initial: the start mask, one of :data:`fanet_monai.feedback.masks.START_MASKS`.
         source: ``"previous"``, ``"initial"`` or ``"mixed"``.
         mix: probabilities of ``"previous"``, ``"initial"``, ``"empty"``, ``"full"``, ``"perturbed"``,
-            ``"degraded"``, ``"corrected"`` for the ``"mixed"`` source (default
+            ``"degraded"``, ``"corrected"``, ``"corrected_at_errors"`` for the ``"mixed"`` source (default
             :data:`~fanet_monai.feedback.sources.DEFAULT_MIX`).
         label_key: the label, read only by the ``"degraded"`` choice (the label degraded by
-            :func:`~fanet_monai.feedback.sources.degrade_label`) and the ``"corrected"`` choice (the previous mask
-            with the label pasted into random boxes: :func:`~fanet_monai.feedback.sources.paste_label_boxes`).
+            :func:`~fanet_monai.feedback.sources.degrade_label`) and the ``"corrected"`` and
+            ``"corrected_at_errors"`` choices (the previous mask with the label pasted into random boxes, or boxes
+            on its errors: :func:`~fanet_monai.feedback.sources.paste_label_boxes`).
     """
 
     def __init__(
@@ -133,9 +134,10 @@ class FeedbackMaskd(MapTransform, Randomizable):
                 mask = torch.as_tensor(perturb_mask(cached, self.R), dtype=torch.float32)
             else:
                 mask = torch.as_tensor(cached, dtype=torch.float32)
-            if choice == "corrected":
+            if choice in ("corrected", "corrected_at_errors"):
                 label = self._label(d, key, image, choice)
-                mask = torch.as_tensor(paste_label_boxes(mask.numpy() > 0.5, label, self.R), dtype=torch.float32)
+                pasted = paste_label_boxes(mask.numpy() > 0.5, label, self.R, at_errors=choice == "corrected_at_errors")
+                mask = torch.as_tensor(pasted, dtype=torch.float32)
         meta = dict(image.meta) if isinstance(image, MetaTensor) else {"filename_or_obj": key}
         d[self.mask_key] = MetaTensor(mask, meta=meta)
         return d
