@@ -182,6 +182,30 @@ def test_paste_label_boxes_is_the_label_inside_boxes_and_the_mask_elsewhere():
         paste_label_boxes(mask, label, rng, side=(0.5, 0.2))
 
 
+def test_paste_label_boxes_at_errors_corrects_an_error_with_every_box():
+    rng = np.random.RandomState(1)
+    label = np.zeros((1, 64, 64), bool)
+    label[0, 44:52, 10:18] = True  # a small missed blob: 1.6 % of the image
+    mask = np.zeros((1, 64, 64), np.uint8)
+    mask[0, 2:6, 50:60] = 1  # and a small false positive far from it
+    errors = int((mask[0] != label[0]).sum())
+    random_hits = 0
+    for _ in range(100):
+        small = dict(max_boxes=1, side=(0.0625, 0.0625))
+        out = paste_label_boxes(mask, label, rng, at_errors=True, **small)
+        changed = out != mask
+        assert np.array_equal(out[changed], label[changed].astype(np.uint8))  # every change is the label's value
+        assert 0 < int(changed.sum()) <= errors  # the one 4-pixel box always lands on an error
+        random_hits += bool((paste_label_boxes(mask, label, rng, **small) != mask).any())
+    assert random_hits < 30  # random boxes of the same size mostly miss (that is why the errors are targeted)
+    # no error left: nothing to correct, the mask comes back unchanged (also in 3-D)
+    assert np.array_equal(paste_label_boxes(label, label, rng, at_errors=True), label.astype(np.uint8))
+    cube = np.zeros((1, 8, 8, 8), bool)
+    cube[0, 5:, 5:, 5:] = True
+    out3 = paste_label_boxes(np.zeros((1, 8, 8, 8)), cube, rng, max_boxes=1, side=(0.25, 0.25), at_errors=True)
+    assert 0 < out3.sum() and (out3 <= cube).all()
+
+
 def test_corrected_source_pastes_the_label_into_the_previous_mask():
     cache = FeedbackMaskCache()
     previous = np.zeros((1, 24, 32), np.uint8)
@@ -200,12 +224,24 @@ def test_corrected_source_pastes_the_label_into_the_previous_mask():
     with pytest.raises(KeyError, match="a.png: the 'corrected' feedback mask source needs the label"):
         transform(sample())
     assert normalize_mix({"corrected": 1, "empty": 1}) == {"corrected": 0.5, "empty": 0.5}
+    # corrections on the errors: every mask differs from the previous one, and only towards the label
+    at_errors = FeedbackMaskd("image", cache, source="mixed", mix={"corrected_at_errors": 1.0})
+    at_errors.set_random_state(0)
+    for _ in range(10):
+        m = at_errors(data)["mask"].as_tensor().numpy()
+        assert (m != previous).any() and ((m == previous) | (m == label.numpy())).all()
+    with pytest.raises(KeyError, match="a.png: the 'corrected_at_errors' feedback mask source needs the label"):
+        at_errors(sample())
 
 
 def test_named_mixes():
     assert normalize_mix("default") == normalize_mix(None) == DEFAULT_MIX
     annotator = normalize_mix("annotator")
     assert annotator["corrected"] == 0.4 and abs(sum(annotator.values()) - 1) < 1e-9
+    errors = normalize_mix("annotator_errors")
+    assert errors["corrected_at_errors"] == 0.4 and "corrected" not in errors
+    assert {k: v for k, v in errors.items() if k != "corrected_at_errors"} == {
+        k: v for k, v in annotator.items() if k != "corrected"}  # the same mix, only the boxes' placement differs
     with pytest.raises(ValueError, match="unknown mask mix 'annotater'; give one of"):
         normalize_mix("annotater")
 
@@ -284,7 +320,7 @@ def test_unrolled_and_mixed_training_run_in_the_bundle(tmp_path, tiny_training):
     assert wf.parser.get_parsed_content("validate#inferer").start_mask == "otsu_inverted"
 
 
-@pytest.mark.parametrize("mix", [{"degraded": 0.5, "empty": 0.5}, "annotator"])
+@pytest.mark.parametrize("mix", [{"degraded": 0.5, "empty": 0.5}, "annotator", "annotator_errors"])
 def test_label_reading_sources_train_in_the_bundle(tmp_path, tiny_training, mix):
     data = make_synthetic_dataset(tmp_path / "data", num_images=6, height=32, width=32, seed=0)
     wf = tiny_training(tmp_path / "run", data, image_size=[32, 32], max_epochs=2, mask_source="mixed",
