@@ -29,8 +29,11 @@ Per test image:
    the annotator last saw them),
    ``confidence+refine``, ``random+refine`` (a random box), ``hand, look
    order`` (the first map's boxes, no refinement) and ``hand, oracle`` (the box holding the most errors, no
-   refinement: a perfect human eye). Per step: corrected pixels so far (the pixels the annotator changed), Dice of
-   the corrected mask, Dice after refinement; a refinement that ends below its corrected mask is counted.
+   refinement: a perfect human eye). A control, ``hand, converged start``: the product's mask first refined again
+   and again without any correction (up to 10 more refinements, until it stops changing), then corrected by hand
+   in look order — the Dice that more passes alone would buy, which a refining strategy must beat to have saved
+   corrections. Per step: corrected pixels so far (the pixels the annotator changed), Dice of the corrected mask,
+   Dice after refinement; a refinement that ends below its corrected mask is counted.
 
 Sources (``--source NAME=KIND:RUNS:DATA[:CONFIG]``): ``KIND`` ``2d`` with ``RUNS`` a folder of run roots named
 ``<config>-fold{F}-seed{S}`` (``benchmarks/native_resolution.py``) and ``DATA`` its ``data_*`` folder (``fold{F}/
@@ -74,9 +77,13 @@ from fanet_monai.inferers import AnnotatorConstraint, confidence_map, instabilit
 
 MAPS = ("instability", "starts", "confidence")
 STRATEGIES = ("look+refine", "look+refine, local", "confidence+refine", "random+refine", "hand, look order",
-              "hand, oracle")
+              "hand, oracle", "hand, converged start")
+#: controls: reported where recorded, never part of the common effort and Dice (records before them lack them)
+CONTROLS = ("hand, converged start",)
 #: the strategies that set the common effort and Dice of the comparisons (random boxes may find almost no errors)
-GUIDED = tuple(s for s in STRATEGIES if not s.startswith("random"))
+GUIDED = tuple(s for s in STRATEGIES if not s.startswith("random") and s not in CONTROLS)
+#: refinements without any correction before the ``hand, converged start`` control corrects by hand
+CONVERGE_REFINEMENTS = 10
 PARTIAL = ("label", "start only", "keep drawn", "keep reviewed")
 TOP = (0.01, 0.05, 0.10)
 
@@ -201,6 +208,15 @@ def simulate(model: Model, image: torch.Tensor, truth: torch.Tensor, strategy: s
     inferer = copy.copy(model.inferer)
     inferer.refine_margin = int(margin_fraction * side) if strategy.endswith(", local") else None
     reviewed = torch.zeros_like(truth, dtype=torch.bool)
+    if strategy == "hand, converged start":  # the control: what more passes alone buy, then corrections by hand
+        for _ in range(CONVERGE_REFINEMENTS):
+            with torch.inference_mode():
+                result = inferer.refine(image, model.network, mask=(pred > 0).float())
+            refined = discrete_prediction(result.logits, model.inferer.threshold)
+            score_map = instability_map(result.passes, model.inferer.threshold)
+            if torch.equal(refined, pred):
+                break
+            pred = refined
     corrected = 0
     start = dice(pred, truth, k)
     rows = [{"step": 0, "corrected": 0, "corrected_dice": start, "dice": start}]
@@ -402,6 +418,7 @@ def report(records: list[dict]) -> str:
                           for route in ("label", "start only", "keep drawn", "otsu start"))
         lines.append(f"\nRough label (degraded truth): Dice {rough}")
         steps = len(rs[0]["loop"][STRATEGIES[0]]) - 1
+        present = [s for s in STRATEGIES if all(s in r["loop"] for r in rs)]
         half = steps // 2
         lines += ["", f"Simulated annotation ({steps} boxes): Dice after steps 0 / {half} / {steps}; pixels the "
                   "annotator changed in all; Dice at equal effort (each curve at the smallest total of corrected "
@@ -410,7 +427,7 @@ def report(records: list[dict]) -> str:
                   "the largest such drop",
                   f"| strategy | Dice 0 | Dice {half} | Dice {steps} | corrected px | Dice at equal effort | px to "
                   "common Dice | drops (> 0.001) | largest drop |", "|---|---|---|---|---|---|---|---|---|"]
-        for strategy in STRATEGIES:
+        for strategy in present:
             def target(r):
                 common = min(r["loop"][s][-1]["dice"] for s in GUIDED)
                 return reached(r["loop"][strategy], common)
@@ -423,16 +440,24 @@ def report(records: list[dict]) -> str:
             cells += [f"{drops}/{len(falls)}", f"{max(0.0, max(falls)):.4f}"]
             lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
         px = {s: _per_pair(rs, lambda r, s=s: reached(r["loop"][s], min(r["loop"][t][-1]["dice"] for t in GUIDED)))
-              for s in STRATEGIES}
-        effort = {s: _per_pair(rs, lambda r, s=s: equal_effort(r, s)) for s in STRATEGIES}
+              for s in present}
+        effort = {s: _per_pair(rs, lambda r, s=s: equal_effort(r, s)) for s in present}
         lines.append(f"\nDice at equal effort, look+refine − hand (look order): "
                      f"{paired_difference(effort['look+refine'], effort['hand, look order'])}; look+refine − "
                      f"confidence+refine: {paired_difference(effort['look+refine'], effort['confidence+refine'])}; "
                      f"look+refine − hand (oracle): {paired_difference(effort['look+refine'], effort['hand, oracle'])}")
         lines.append(f"Pixels to the common Dice, look+refine − hand (look order): "
                      f"{paired_difference(px['look+refine'], px['hand, look order'], 0)}; look+refine − "
-                     f"confidence+refine: {paired_difference(px['look+refine'], px['confidence+refine'], 0)}")
-        final = {s: _per_pair(rs, lambda r, s=s: r["loop"][s][-1]["dice"]) for s in STRATEGIES}
+                     f"confidence+refine: {paired_difference(px['look+refine'], px['confidence+refine'], 0)}; "
+                     f"look+refine − hand (oracle): {paired_difference(px['look+refine'], px['hand, oracle'], 0)}; "
+                     f"confidence+refine − hand (oracle): "
+                     f"{paired_difference(px['confidence+refine'], px['hand, oracle'], 0)}")
+        if "hand, converged start" in present:
+            lines.append(f"Control (more passes, then by hand): look+refine − hand, converged start: Dice at equal "
+                         f"effort {paired_difference(effort['look+refine'], effort['hand, converged start'])}, pixels "
+                         f"to the common Dice "
+                         f"{paired_difference(px['look+refine'], px['hand, converged start'], 0)}")
+        final = {s: _per_pair(rs, lambda r, s=s: r["loop"][s][-1]["dice"]) for s in present}
         lines.append(f"\nDice at step {steps}, look+refine − hand (oracle): "
                      f"{paired_difference(final['look+refine'], final['hand, oracle'])}; look+refine − "
                      f"confidence+refine: {paired_difference(final['look+refine'], final['confidence+refine'])}; "
@@ -456,7 +481,7 @@ def plot(records: list[dict], path: Path) -> None:
         ax.set_visible(False)
     for ax, source in zip(axes.flat, sources):
         rs = [r for r in records if r["source"] == source]
-        for strategy in STRATEGIES:
+        for strategy in (s for s in STRATEGIES if all(s in r["loop"] for r in rs)):
             x = np.mean([[row["corrected"] for row in r["loop"][strategy]] for r in rs], axis=0)
             y = np.mean([[row["dice"] for row in r["loop"][strategy]] for r in rs], axis=0)
             ax.plot(x, y, marker="o", markersize=3, label=strategy)
