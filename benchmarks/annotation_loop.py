@@ -31,8 +31,8 @@ Per test image:
    order`` (the first map's boxes, no refinement) and ``hand, oracle`` (the box holding the most errors, no
    refinement: a perfect human eye). A control, ``hand, converged start``: the product's mask first refined again
    and again without any correction (up to 10 more refinements, until it stops changing), then corrected by hand
-   in look order — the Dice that more passes alone would buy, which a refining strategy must beat to have saved
-   corrections. Per step: corrected pixels so far (the pixels the annotator changed), Dice of the corrected mask,
+   in look order (the product's map: a converged mask's own instability is all but 0) — the Dice that more passes
+   alone would buy, which a refining strategy must beat to have saved corrections. Per step: corrected pixels so far (the pixels the annotator changed), Dice of the corrected mask,
    Dice after refinement; a refinement that ends below its corrected mask is counted.
 
 Sources (``--source NAME=KIND:RUNS:DATA[:CONFIG]``): ``KIND`` ``2d`` with ``RUNS`` a folder of run roots named
@@ -213,7 +213,6 @@ def simulate(model: Model, image: torch.Tensor, truth: torch.Tensor, strategy: s
             with torch.inference_mode():
                 result = inferer.refine(image, model.network, mask=(pred > 0).float())
             refined = discrete_prediction(result.logits, model.inferer.threshold)
-            score_map = instability_map(result.passes, model.inferer.threshold)
             if torch.equal(refined, pred):
                 break
             pred = refined
