@@ -118,9 +118,9 @@ class FANet(nn.Module):
             read ``in_channels + 1`` channels), as interactive-segmentation networks take their previous mask or
             guidance (RITM, MONAI Label's DeepEdit). The paper's network sees the mask only through MixPool's hard
             gates and the head's one mask weight, and measured on annotators' corrected masks its output barely
-            depends on them (README, annotation loop); with this path, trained on corrected masks
-            (``mask_mix: "annotator"``), it can carry a correction into its neighbourhood. ``False`` (default):
-            the paper's network.
+            depends on them (README, annotation loop); with this path, trained on masks corrected on its errors
+            (``mask_mix: "annotator_errors"``), it follows a given mask more, though measured it saves no more
+            corrections than refining longer before correcting by hand. ``False`` (default): the paper's network.
         slice_axis: with ``spatial_dims=2``, take volumes ``(B, in_channels + 1, X, Y, Z)`` and run the 2-D network
             on each slice across this spatial axis (0, 1 or 2; :mod:`fanet_monai.networks.slicewise`, the
             ``slice`` volume mode); ``None`` (default): inputs have ``spatial_dims`` spatial dimensions.
