@@ -32,8 +32,9 @@ Per test image:
    refinement: a perfect human eye). A control, ``hand, converged start``: the product's mask first refined again
    and again without any correction (up to 10 more refinements, until it stops changing), then corrected by hand
    in look order (the product's map: a converged mask's own instability is all but 0) — the Dice that more passes
-   alone would buy, which a refining strategy must beat to have saved corrections. Per step: corrected pixels so far (the pixels the annotator changed), Dice of the corrected mask,
-   Dice after refinement; a refinement that ends below its corrected mask is counted.
+   alone would buy, which a refining strategy must beat to have saved corrections. Per step: corrected pixels so far
+   (the pixels the annotator changed), Dice of the corrected mask, Dice after refinement; a refinement that ends
+   below its corrected mask is counted.
 
 Sources (``--source NAME=KIND:RUNS:DATA[:CONFIG]``): ``KIND`` ``2d`` with ``RUNS`` a folder of run roots named
 ``<config>-fold{F}-seed{S}`` (``benchmarks/native_resolution.py``) and ``DATA`` its ``data_*`` folder (``fold{F}/
@@ -344,6 +345,11 @@ def evaluate_source(name: str, kind: str, runs: Path, data: Path, args: argparse
             print(f"done: {name} fold {fold} seed {seed} {image_name} ({record['seconds']:.0f} s)", flush=True)
 
 
+def recorded_strategies(records: list[dict]) -> list[str]:
+    """The strategies every record has (controls were added after the first records)."""
+    return [s for s in STRATEGIES if all(s in r["loop"] for r in records)]
+
+
 def load_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
@@ -417,7 +423,7 @@ def report(records: list[dict]) -> str:
                           for route in ("label", "start only", "keep drawn", "otsu start"))
         lines.append(f"\nRough label (degraded truth): Dice {rough}")
         steps = len(rs[0]["loop"][STRATEGIES[0]]) - 1
-        present = [s for s in STRATEGIES if all(s in r["loop"] for r in rs)]
+        present = recorded_strategies(rs)
         half = steps // 2
         lines += ["", f"Simulated annotation ({steps} boxes): Dice after steps 0 / {half} / {steps}; pixels the "
                   "annotator changed in all; Dice at equal effort (each curve at the smallest total of corrected "
@@ -480,7 +486,7 @@ def plot(records: list[dict], path: Path) -> None:
         ax.set_visible(False)
     for ax, source in zip(axes.flat, sources):
         rs = [r for r in records if r["source"] == source]
-        for strategy in (s for s in STRATEGIES if all(s in r["loop"] for r in rs)):
+        for strategy in recorded_strategies(rs):
             x = np.mean([[row["corrected"] for row in r["loop"][strategy]] for r in rs], axis=0)
             y = np.mean([[row["dice"] for row in r["loop"][strategy]] for r in rs], axis=0)
             ax.plot(x, y, marker="o", markersize=3, label=strategy)

@@ -99,6 +99,7 @@ def test_annotation_loop_smoke_measures_maps_partial_labels_and_correction_loops
             assert all(0 <= scores[k] <= 1 for k in ("ap", "auroc", "top1", "top5", "top10") if scores[k] == scores[k])
         assert r["partial"]["keep reviewed"]["reviewed"] == 1.0  # the annotator's reviewed pixels, kept exactly
         assert r["partial"]["label"]["reviewed"] == 1.0
+        assert set(r["loop"]) == set(annotation_loop.STRATEGIES)  # the more-passes control included
         for strategy, rows in r["loop"].items():
             assert [row["step"] for row in rows] == list(range(4))
             corrected = [row["corrected"] for row in rows]
@@ -107,6 +108,7 @@ def test_annotation_loop_smoke_measures_maps_partial_labels_and_correction_loops
                 assert all(row["dice"] == row["corrected_dice"] for row in rows)
     out = capsys.readouterr().out
     assert "| keep reviewed |" in out and "| hand, oracle |" in out and "AUROC" in out
+    assert "| hand, converged start |" in out and "Control (more passes, then by hand)" in out
     assert (tmp_path / "annotation_loop.png").stat().st_size > 0
     # --rerun recomputes one strategy's loops in place, leaving the rest of every record as it was
     for r in records:
