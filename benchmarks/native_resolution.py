@@ -16,6 +16,9 @@ own size** (Dice, clDice, Betti-0 error: :mod:`fanet_monai.metrics`, :mod:`fanet
 - ``fanet_patch_annotator_errors_input``: ``fanet_patch_annotator_input`` with the corrections on the mask's errors
   (``--mask_mix annotator_errors``: ``corrected_at_errors`` boxes, centred on pixels the previous prediction has
   wrong);
+- ``fanet_patch_annotator_errors_reviewed_input``: ``fanet_patch_annotator_errors_input`` with a reviewed channel
+  (``--reviewed_input True``): the network is told which pixels of its fed mask an annotator corrected (the pasted
+  boxes in training, the annotator's reviewed pixels at test time);
 - ``basicunet_resize_nearest``, ``basicunet_resize_area``, ``basicunet_patch``: the same three with MONAI's
   ``BasicUNet`` as ``network_def`` (the bundle's pipeline against the plain scripts, same network);
 - ``monai_resize``: a plain MONAI script (``BasicUNet``, images and labels resized bilinear with anti-aliasing /
@@ -75,7 +78,7 @@ from fanet_monai.topology import connectivity_metrics  # noqa: E402
 
 SHARED_EM = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em"
 CONFIGS = ("resize_nearest", "resize_area", "fanet_patch", "fanet_patch_annotator", "fanet_patch_annotator_input",
-           "fanet_patch_annotator_errors_input",
+           "fanet_patch_annotator_errors_input", "fanet_patch_annotator_errors_reviewed_input",
            "basicunet_resize_nearest", "basicunet_resize_area", "basicunet_patch", "monai_resize", "monai_patch")
 
 BASICUNET = {"_target_": "fanet_monai.networks.ImageOnlyNetwork",
@@ -162,6 +165,8 @@ def run_bundle(config: str, train: Path, test: Path, out: Path, args: argparse.N
         common += ["--mask_mix", mix, "--unroll_random", "True"]
     if config.endswith("_input"):
         common += ["--network_def#mask_input", "True"]
+    if "_reviewed" in config:
+        common += ["--reviewed_input", "True"]
     start = time.time()
     if run(["train", str(train), "--bundle_root", str(out), "--overwrite", "True", *common]) != 0:
         raise SystemExit(f"{config}: training failed (see {out / 'logs'})")

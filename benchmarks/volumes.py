@@ -14,6 +14,8 @@ evaluated pass by pass (``evaluate.json``) on a held-out fold, with the Dice and
   encoder stage (``network_def#mask_input``);
 - ``fanet_3d_annotator_errors_input``: ``fanet_3d_annotator_input`` with the corrections on the mask's errors
   (``mask_mix annotator_errors``);
+- ``fanet_3d_annotator_errors_reviewed_input``: ``fanet_3d_annotator_errors_input`` with a reviewed channel
+  (``reviewed_input``: which voxels of the fed mask an annotator corrected);
 - ``fanet_slice``: the 2-D FANet over the slices of the same patches (``volume_mode slice``, axial);
 - ``basicunet_3d``, ``unet_3d``, ``dynunet_3d``: MONAI's ``BasicUNet``, ``UNet`` and ``DynUNet`` (kernels and
   strides as nnU-Net's 3d_fullres plans them for small isotropic patches, deep supervision off), one pass, through
@@ -84,6 +86,11 @@ def configurations(widths: list[int], num_classes: int) -> dict[str, tuple[str, 
                                             {"network_def#channels": w, "network_def#head_channels": w[0],
                                              "network_def#mask_input": True, "mask_mix": "annotator_errors",
                                              "unroll_random": True}, True),
+        "fanet_3d_annotator_errors_reviewed_input": ("FANet 3-D, head 8, trained for annotation with corrections on "
+                                                     "its errors, the mask an input channel, a reviewed channel",
+                                                     {"network_def#channels": w, "network_def#head_channels": w[0],
+                                                      "network_def#mask_input": True, "reviewed_input": True,
+                                                      "mask_mix": "annotator_errors", "unroll_random": True}, True),
         "fanet_3d_nolast": ("FANet 3-D without the last decoder MixPool (feedback, refined)",
                             {"network_def#channels": w, "network_def#final_mixpool": False}, True),
         "fanet_slice": ("FANet 2-D over axial slices (refined)", {"volume_mode": "slice", "network_def#channels": w},

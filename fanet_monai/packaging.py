@@ -94,10 +94,15 @@ def _describe(meta: dict, overrides: Mapping[str, Any], label_names: Mapping[str
     dims = int(overrides.get("spatial_dims", len(image["spatial_shape"])))
     channels = int(overrides.get("image_channels", image["num_channels"] - 1))
     image["spatial_shape"] = pred["spatial_shape"] = ["16*n"] * dims
+    reviewed = bool(overrides.get("reviewed_input", False))
+    mask_def = image["channel_def"][str(image["num_channels"] - 1)]
     if channels != image["num_channels"] - 1:
-        image.update(format="magnitude", num_channels=channels + 1, channel_def={
-            **{str(c): f"image channel {c}" for c in range(channels)},
-            str(channels): image["channel_def"][str(image["num_channels"] - 1)]})
+        image.update(format="magnitude", channel_def={str(c): f"image channel {c}" for c in range(channels)})
+    defs = {str(c): image["channel_def"][str(c)] for c in range(channels)}
+    if reviewed:  # FANet(reviewed_input=True): the reviewed pixels come between the image and the mask
+        defs[str(channels)] = "reviewed pixels (1: the annotator's label there is final; zeros without one)"
+    defs[str(len(defs))] = mask_def
+    image.update(num_channels=len(defs), channel_def=defs)
     num_classes = int(overrides.get("num_classes", 1))
     names = {str(k): str(v) for k, v in (label_names or {}).items()}
     if num_classes == 1:

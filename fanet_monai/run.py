@@ -74,6 +74,7 @@ INHERITED_SETTINGS = (
     "num_passes",
     "refine_tolerance",
     "network_def",
+    "reviewed_input",
     "volume_mode",
     "slice_axis",
     "orientation",

@@ -120,19 +120,21 @@ def network_input_size(mode: str, image_size: Sequence[int], patch_size: Sequenc
 
 
 def patch_sampling(mode: str, patch_size: Sequence[int], num_samples: int = 4,
-                   keys: Sequence[str] = ("image", "label", "mask"), label_key: str = "label", pos: float = 1.0,
-                   neg: float = 1.0) -> list:
+                   keys: Sequence[str] = ("image", "label", "mask", "reviewed"), label_key: str = "label",
+                   pos: float = 1.0, neg: float = 1.0) -> list:
     """The first training augmentation steps in ``"patch"`` mode: pad images smaller than ``patch_size`` with
     zeros, then cut ``num_samples`` patches (:class:`RandPatchesd`); ``[]`` in ``"resize"`` mode. Place them right
-    after ``FeedbackMaskd`` with the mask among ``keys``."""
+    after ``FeedbackMaskd`` with the mask among ``keys`` (keys a sample lacks, such as the reviewed pixels of a
+    network without a reviewed channel, are skipped)."""
     if check_input_mode(mode) == "resize":
         return []
     if num_samples < 1:
         raise ValueError(f"patches_per_image must be >= 1, got {num_samples}.")
     size = [int(s) for s in patch_size]
     return [
-        SpatialPadd(list(keys), spatial_size=size, mode="constant"),
-        RandPatchesd(list(keys), label_key=label_key, spatial_size=size, pos=pos, neg=neg, num_samples=num_samples),
+        SpatialPadd(list(keys), spatial_size=size, mode="constant", allow_missing_keys=True),
+        RandPatchesd(list(keys), label_key=label_key, spatial_size=size, pos=pos, neg=neg, num_samples=num_samples,
+                     allow_missing_keys=True),
     ]
 
 

@@ -59,6 +59,7 @@ class PassWiseInferer(IterativeRefinementInferer):
         tolerance: early-stop tolerance used to derive the early-stop result.
         inner: optional inner MONAI inferer run at every pass.
         amp: run each pass under ``torch.autocast``.
+        reviewed_channel: the network has a reviewed channel (zeros are fed: evaluation has no annotator).
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class PassWiseInferer(IterativeRefinementInferer):
         tolerance: float = 0.0,
         inner: Inferer | None = None,
         amp: bool = False,
+        reviewed_channel: bool = False,
     ) -> None:
         super().__init__(
             num_passes=num_passes,
@@ -81,6 +83,7 @@ class PassWiseInferer(IterativeRefinementInferer):
             inner=inner,
             return_all_passes=True,
             amp=amp,
+            reviewed_channel=reviewed_channel,
         )
 
     def __call__(

@@ -179,7 +179,8 @@ def paste_label_boxes(
     max_boxes: int = 4,
     side: tuple[float, float] = (0.0625, 0.25),
     at_errors: bool = False,
-) -> np.ndarray:
+    return_reviewed: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """A mask an annotator has partly corrected: ``mask`` (``(1, *spatial)`` 0/1, e.g. the network's previous
     prediction) with the true ``label`` (``(1, *spatial)``, > 0 is foreground) pasted into 1..``max_boxes`` random
     boxes, each of a random side in ``side`` (fractions of every spatial size, at least 1 pixel). Training on these
@@ -189,13 +190,17 @@ def paste_label_boxes(
     With ``at_errors`` every box is centred on a pixel drawn uniformly from those where the mask (as corrected by
     the boxes before it) still differs from the label — an annotator corrects where they see an error, and
     interactive-segmentation training (e.g. RITM) places its simulated clicks in the error regions; random boxes on
-    a good mask mostly change nothing. Boxes stop early when no error is left. Returns uint8 0/1 ``(1, *spatial)``."""
+    a good mask mostly change nothing. Boxes stop early when no error is left. Returns uint8 0/1 ``(1, *spatial)``;
+    with ``return_reviewed`` also the union of the boxes, uint8 0/1 ``(1, *spatial)``: the pixels the simulated
+    annotator reviewed (their label is final), what a network with a reviewed channel is given.
+    """
     if mask.shape != label.shape:
         raise ValueError(f"mask shape {mask.shape} differs from the label's {label.shape}.")
     if max_boxes < 1 or not 0 < side[0] <= side[1] <= 1:
         raise ValueError(f"need max_boxes >= 1 and 0 < side[0] <= side[1] <= 1, got {max_boxes} and {side}.")
     out = np.asarray(mask[0]) > 0
     truth = np.asarray(label[0]) > 0
+    reviewed = np.zeros(out.shape, dtype=bool)
     for _ in range(int(rng.randint(1, max_boxes + 1))):
         fraction = rng.uniform(*side)
         lengths = [min(size, max(1, int(round(fraction * size)))) for size in out.shape]
@@ -209,4 +214,7 @@ def paste_label_boxes(
             starts = [int(rng.randint(0, size - n + 1)) for n, size in zip(lengths, out.shape)]
         box = tuple(slice(a, a + n) for a, n in zip(starts, lengths))
         out[box] = truth[box]
+        reviewed[box] = True
+    if return_reviewed:
+        return out[None].astype(np.uint8), reviewed[None].astype(np.uint8)
     return out[None].astype(np.uint8)

@@ -20,7 +20,11 @@ from fanet_monai.feedback.cache import FeedbackMaskCache, sample_key
 from fanet_monai.feedback.masks import check_start_mask, start_mask
 from fanet_monai.feedback.sources import MASK_SOURCES, degrade_label, normalize_mix, paste_label_boxes, perturb_mask
 
-__all__ = ["FeedbackMaskd"]
+__all__ = ["FeedbackMaskd", "REVIEWED_KEY", "feedback_batch_keys"]
+
+#: where :class:`FeedbackMaskd` puts the reviewed pixels for a network with a reviewed channel (bundle option
+#: ``reviewed_input``)
+REVIEWED_KEY = "reviewed"
 
 
 class FeedbackMaskd(MapTransform, Randomizable):
@@ -55,6 +59,10 @@ class FeedbackMaskd(MapTransform, Randomizable):
             :func:`~fanet_monai.feedback.sources.degrade_label`) and the ``"corrected"`` and
             ``"corrected_at_errors"`` choices (the previous mask with the label pasted into random boxes, or boxes
             on its errors: :func:`~fanet_monai.feedback.sources.paste_label_boxes`).
+        reviewed_key: where to put the pixels whose fed mask is the label (float32 0/1 ``(1, *spatial)``), for a
+            network with a reviewed channel (``FANet(reviewed_input=True)``): the pasted boxes of the ``corrected``
+            choices, nothing for every other choice (a degraded label is rough, not reviewed). List it with the
+            mask in every random spatial transform. ``None`` (default): not written.
     """
 
     def __init__(
@@ -66,6 +74,7 @@ class FeedbackMaskd(MapTransform, Randomizable):
         source: str = "previous",
         mix: Mapping[str, float] | None = None,
         label_key: str = "label",
+        reviewed_key: str | None = None,
     ) -> None:
         super().__init__(keys)
         if len(self.keys) != 1:
@@ -79,6 +88,7 @@ class FeedbackMaskd(MapTransform, Randomizable):
         self.source = source
         self.mix = normalize_mix(mix)
         self.label_key = label_key
+        self.reviewed_key = reviewed_key
         self._choice = "previous"
 
     def initial_mask(self, image: torch.Tensor) -> torch.Tensor:
@@ -119,6 +129,7 @@ class FeedbackMaskd(MapTransform, Randomizable):
             self.randomize()
             choice = self._choice
         shape = (1, *image.shape[1:])
+        reviewed = torch.zeros(shape)
         if choice == "empty":
             mask = torch.zeros(shape)
         elif choice == "full":
@@ -136,8 +147,18 @@ class FeedbackMaskd(MapTransform, Randomizable):
                 mask = torch.as_tensor(cached, dtype=torch.float32)
             if choice in ("corrected", "corrected_at_errors"):
                 label = self._label(d, key, image, choice)
-                pasted = paste_label_boxes(mask.numpy() > 0.5, label, self.R, at_errors=choice == "corrected_at_errors")
+                pasted, boxes = paste_label_boxes(mask.numpy() > 0.5, label, self.R,
+                                                  at_errors=choice == "corrected_at_errors", return_reviewed=True)
                 mask = torch.as_tensor(pasted, dtype=torch.float32)
+                reviewed = torch.as_tensor(boxes, dtype=torch.float32)
         meta = dict(image.meta) if isinstance(image, MetaTensor) else {"filename_or_obj": key}
         d[self.mask_key] = MetaTensor(mask, meta=meta)
+        if self.reviewed_key is not None:
+            d[self.reviewed_key] = MetaTensor(reviewed, meta=dict(meta))
         return d
+
+
+def feedback_batch_keys(reviewed_input: bool = False) -> dict[str, str]:
+    """The batch keys the trainer hands its inferer as keyword arguments (MONAI's ``PrepareBatchExtraInput``
+    ``extra_keys``): the feedback mask, and the reviewed pixels for a network with a reviewed channel."""
+    return {"mask": "mask", REVIEWED_KEY: REVIEWED_KEY} if reviewed_input else {"mask": "mask"}

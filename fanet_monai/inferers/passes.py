@@ -57,13 +57,14 @@ def check_num_passes(num_passes: Any) -> int:
     return int(num_passes)
 
 
-def check_mask(images: torch.Tensor, mask: torch.Tensor | None) -> None:
-    """``ValueError`` unless ``mask`` is ``None`` or ``(B, 1, *spatial)`` for ``images`` ``(B, C, *spatial)``."""
+def check_mask(images: torch.Tensor, mask: torch.Tensor | None, name: str = "mask") -> None:
+    """``ValueError`` (naming the argument ``name``) unless ``mask`` is ``None`` or ``(B, 1, *spatial)`` for
+    ``images`` ``(B, C, *spatial)``."""
     if mask is None:
         return
     expected = (images.shape[0], 1, *images.shape[2:])
     if tuple(mask.shape) != expected:
         raise ValueError(
-            f"mask must have shape {expected} (B, 1, *spatial) for images of shape {tuple(images.shape)}, "
+            f"{name} must have shape {expected} (B, 1, *spatial) for images of shape {tuple(images.shape)}, "
             f"got {tuple(mask.shape)}."
         )

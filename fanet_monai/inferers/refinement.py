@@ -119,6 +119,9 @@ class IterativeRefinementInferer(Inferer):
             ``"annotator_channels"``): pixels farther than this many pixels/voxels from every reviewed pixel keep the
             annotator's label as sent (:meth:`~fanet_monai.inferers.review.AnnotatorConstraint.within`); ``None``
             (default): the passes may change any pixel that is not reviewed.
+        reviewed_channel: the network has a reviewed channel (``FANet(reviewed_input=True)``): every pass gets
+            ``(images, reviewed, mask)``, the reviewed pixels of the annotator's constraint (before
+            ``refine_margin`` widens it), zeros without a constraint.
 
     Raises:
         ValueError: ``num_passes < 1``, unknown ``start_mask`` or ``feedback`` name, ``threshold``,
@@ -137,6 +140,7 @@ class IterativeRefinementInferer(Inferer):
         return_all_passes: bool = False,
         amp: bool = False,
         refine_margin: int | None = None,
+        reviewed_channel: bool = False,
     ) -> None:
         super().__init__()
         self.num_passes = check_num_passes(num_passes)
@@ -158,6 +162,7 @@ class IterativeRefinementInferer(Inferer):
         self.inner = inner
         self.return_all_passes = bool(return_all_passes)
         self.amp = bool(amp)
+        self.reviewed_channel = bool(reviewed_channel)
 
     def make_start_mask(self, images: torch.Tensor) -> torch.Tensor:
         """The configured start mask of ``images`` ``(B, C, *spatial)``: ``(B, 1, *spatial)`` on their device, in
@@ -221,13 +226,17 @@ class IterativeRefinementInferer(Inferer):
         if self.start_mask in INPUT_STARTS:
             images, mask, constraint = split_input_start(images, self.start_mask)
         check_mask(images, mask)
+        reviewed = torch.zeros_like(images[:, :1])
         if constraint is not None:
+            reviewed = constraint.reviewed.to(device=images.device, dtype=images.dtype)
             constraint = constraint.within(self.refine_margin)
         batch = images.shape[0]
         if mask is None:
             mask = self.make_start_mask(images)
         else:  # our own copy: the active rows are updated in place below
             mask = convert_to_tensor(mask, track_meta=False).to(device=images.device, dtype=images.dtype, copy=True)
+        if self.reviewed_channel:  # after the start mask, which is made from the image channels alone
+            images = torch.cat([images, reviewed], dim=1)
         passes_used = torch.zeros(batch, dtype=torch.long, device=images.device)
         active = torch.arange(batch, device=images.device)  # indices of the images still being refined
         previous: torch.Tensor | None = None  # (B, 1, *spatial): discrete prediction of the previous pass

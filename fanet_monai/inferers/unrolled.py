@@ -41,6 +41,11 @@ class UnrolledFeedbackInferer(Inferer):
             and later refinement passes; cannot be combined with ``loss_on_every_pass``.
 
     The fed masks themselves are never differentiated through (they are thresholded, or detached probabilities).
+
+    A network with a reviewed channel (``FANet(reviewed_input=True)``) is called with ``reviewed=`` (the batch's
+    reviewed pixels, :class:`~fanet_monai.feedback.transforms.FeedbackMaskd` ``reviewed_key``): every pass gets
+    ``(images, reviewed, mask)``, and from pass 2 on the fed mask keeps the first mask on the reviewed pixels, as
+    the test-time inferer keeps an annotator's reviewed label at every pass.
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class UnrolledFeedbackInferer(Inferer):
         network: Callable[..., Any],
         *args: Any,
         mask: torch.Tensor | None = None,
+        reviewed: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
         """Run the unrolled passes.
@@ -81,6 +87,8 @@ class UnrolledFeedbackInferer(Inferer):
             network: callable ``(B, C_image + 1, *spatial) -> (B, C, *spatial)`` logits, ``C = 1`` or ``K + 1``.
             args: extra positional arguments for ``network``.
             mask: ``(B, 1, *spatial)`` mask of the first pass; ``None`` for the configured start mask.
+            reviewed: ``(B, 1, *spatial)`` 0/1 reviewed pixels for a network with a reviewed channel (see above);
+                ``None``: the network has none.
             kwargs: extra keyword arguments for ``network``.
 
         Returns:
@@ -89,6 +97,12 @@ class UnrolledFeedbackInferer(Inferer):
         """
         check_mask(inputs, mask)
         mask = start_mask(inputs, self.start_mask) if mask is None else mask.to(inputs.dtype)
+        kept = None
+        if reviewed is not None:
+            check_mask(inputs, reviewed, "reviewed")
+            kept = reviewed.to(inputs.dtype) > 0.5
+            inputs = torch.cat([inputs, kept.to(inputs.dtype)], dim=1)
+            first = mask
         num_passes = self.num_passes
         if self.random_passes:
             num_passes = int(torch.randint(1, self.num_passes + 1, (1,)).item())
@@ -99,6 +113,8 @@ class UnrolledFeedbackInferer(Inferer):
                 logits = network(torch.cat([inputs, mask], dim=1), *args, **kwargs)
             outputs.append(logits)
             mask = feedback_mask(logits, self.feedback, self.threshold).to(inputs.dtype)
+            if kept is not None:
+                mask = torch.where(kept, first, mask)
         if self.loss_on_every_pass:
             return torch.cat(outputs, dim=1)
         return outputs[-1]

@@ -121,11 +121,19 @@ class FANet(nn.Module):
             depends on them (README, annotation loop); with this path, trained on masks corrected on its errors
             (``mask_mix: "annotator_errors"``), it follows a given mask more, though measured it saves no more
             corrections than refining longer before correcting by hand. ``False`` (default): the paper's network.
+        reviewed_input: the input carries one more channel between the image and the feedback mask: the pixels an
+            annotator reviewed (1: their label, which is the fed mask there, is final; 0: not looked at), read by the
+            first encoder stage with the image. The mask alone cannot say which of its pixels a person corrected and
+            which are the network's own guess; this channel does, as the guidance channels of interactive
+            segmentation do (RITM's clicks, MONAI Label's DeepEdit). Trained with ``FeedbackMaskd(reviewed_key=...)``
+            (the boxes of the ``corrected`` sources; bundle option ``reviewed_input``); at test time
+            :class:`~fanet_monai.inferers.IterativeRefinementInferer` (``reviewed_channel=True``) feeds an annotator
+            constraint's reviewed pixels, zeros without one. ``False`` (default): no such channel.
         slice_axis: with ``spatial_dims=2``, take volumes ``(B, in_channels + 1, X, Y, Z)`` and run the 2-D network
             on each slice across this spatial axis (0, 1 or 2; :mod:`fanet_monai.networks.slicewise`, the
             ``slice`` volume mode); ``None`` (default): inputs have ``spatial_dims`` spatial dimensions.
 
-    Input ``(B, in_channels + 1, *spatial)`` of any spatial size: the network pads each spatial dimension to a
+    Input ``(B, in_channels + 1, *spatial)`` (``in_channels + 2`` with ``reviewed_input``) of any spatial size: the network pads each spatial dimension to a
     multiple of ``2 ** len(channels)`` (replicate padding, split evenly on both sides) and crops the output back.
     Output ``(B, out_channels, *spatial)`` logits.
     """
@@ -148,6 +156,7 @@ class FANet(nn.Module):
         prior_probability: float | None = None,
         head_channels: int | None = None,
         mask_input: bool = False,
+        reviewed_input: bool = False,
         slice_axis: int | None = None,
     ) -> None:
         super().__init__()
@@ -177,8 +186,9 @@ class FANet(nn.Module):
                                                                                       numbers.Integral)
                                           or head_channels < 1):
             raise ValueError(f"head_channels must be a whole number >= 1, got {head_channels!r}.")
-        if mask_input not in (True, False):  # a string such as "false" from a hand-edited config is not a switch
-            raise ValueError(f"mask_input must be true or false, got {mask_input!r}.")
+        for name, switch in (("mask_input", mask_input), ("reviewed_input", reviewed_input)):
+            if switch not in (True, False):  # a string such as "false" from a hand-edited config is not a switch
+                raise ValueError(f"{name} must be true or false, got {switch!r}.")
         decoder_widths = list(channels[-2::-1]) + [int(head_channels or channels[0] // 2)]
         if mixpool_feature_branch:
             widths = dict(zip(stage_names, list(channels) + decoder_widths))
@@ -195,6 +205,9 @@ class FANet(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.mask_input = bool(mask_input)
+        self.reviewed_input = bool(reviewed_input)
+        #: channels before the feedback mask: the image, then the reviewed channel (``reviewed_input``)
+        self.guided_channels = in_channels + int(self.reviewed_input)
         self.variant = variant
         self.depth = depth
         self.divisor = 2**depth
@@ -218,7 +231,7 @@ class FANet(nn.Module):
         max_pool = Pool[Pool.MAX, spatial_dims]
         self.mask_pool = max_pool(kernel_size=2, stride=2)
         encoder = []
-        cin = in_channels + int(self.mask_input)
+        cin = self.guided_channels + int(self.mask_input)
         for i, width in enumerate(channels):
             encoder.append(
                 _EncoderStage(se_blocks(cin, width), mixpool(f"encoder{i + 1}", width), max_pool(kernel_size=2))
@@ -274,7 +287,8 @@ class FANet(nn.Module):
         """
         Args:
             x: ``(B, in_channels + 1, *spatial)``: image channels, then the feedback mask (binary, or a probability
-                map); volumes ``(B, in_channels + 1, X, Y, Z)`` with ``slice_axis``.
+                map); with ``reviewed_input`` ``(B, in_channels + 2, *spatial)``: image channels, the reviewed
+                channel, the feedback mask; volumes ``(B, ..., X, Y, Z)`` with ``slice_axis``.
 
         Returns:
             ``(B, out_channels, *spatial)`` logits.
@@ -284,10 +298,11 @@ class FANet(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.in_channels + 1:
+        if x.shape[1] != self.guided_channels + 1:
+            reviewed = " + 1 reviewed channel" if self.reviewed_input else ""
             raise ValueError(
-                f"FANet expects {self.in_channels} image channels + 1 feedback-mask channel = "
-                f"{self.in_channels + 1} input channels, got {x.shape[1]} (input shape {list(x.shape)})."
+                f"FANet expects {self.in_channels} image channels{reviewed} + 1 feedback-mask channel = "
+                f"{self.guided_channels + 1} input channels, got {x.shape[1]} (input shape {list(x.shape)})."
             )
         spatial = x.shape[2:]
         x, offsets = self._pad(x)

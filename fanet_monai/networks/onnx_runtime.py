@@ -54,7 +54,7 @@ def _example_input(network: nn.Module) -> torch.Tensor:
     (volumes for slice-wise networks)."""
     dims = 3 if getattr(network, "slice_axis", None) is not None else int(network.spatial_dims)
     side = 2 * int(network.divisor)
-    return torch.rand(1, int(network.in_channels) + 1, *([side] * dims))
+    return torch.rand(1, int(getattr(network, "guided_channels", network.in_channels)) + 1, *([side] * dims))
 
 
 def export_onnx(network: nn.Module, opset_version: int = 17) -> bytes:
@@ -113,8 +113,8 @@ class OnnxRuntimeNetwork(nn.Module):
         """Export ``network`` (:func:`export_onnx`) and open it in ONNX Runtime."""
         start = time.perf_counter()
         model = export_onnx(network)
-        wrapped = cls(model, network.in_channels, network.divisor, getattr(network, "slice_axis", None), device,
-                      num_threads)
+        channels = getattr(network, "guided_channels", network.in_channels)  # the channels before the mask
+        wrapped = cls(model, channels, network.divisor, getattr(network, "slice_axis", None), device, num_threads)
         wrapped.export_seconds = time.perf_counter() - start
         return wrapped
 

@@ -47,7 +47,7 @@ PAPER_PROBS: Dict[str, float] = {
 def paper_augmentation(
     image_size: Sequence[int] = (256, 256),
     image_key: str = "image",
-    mask_keys: Sequence[str] = ("label", "mask"),
+    mask_keys: Sequence[str] = ("label", "mask", "reviewed"),
     prob: float | Mapping[str, float] | None = None,
     include: Sequence[str] | None = None,
     allow_missing_keys: bool = True,
@@ -59,8 +59,9 @@ def paper_augmentation(
     Args:
         image_size: spatial size of the images it sees (only the coarse-dropout hole size, 1/8 of it, depends on it).
         image_key: the image (bilinear; the only key intensity transforms touch).
-        mask_keys: keys moved with the image by nearest interpolation: the label and the feedback mask (and e.g. a
-            FOV mask). Missing keys are skipped (``allow_missing_keys``), so the same list serves offline expansion.
+        mask_keys: keys moved with the image by nearest interpolation: the label, the feedback mask and the
+            reviewed pixels of a network with a reviewed channel (and e.g. a FOV mask). Missing keys are skipped
+            (``allow_missing_keys``), so the same list serves offline expansion.
         prob: one probability for all, a dict overriding :data:`PAPER_PROBS` by name, or ``None`` (the defaults).
         include: names of :data:`PAPER_PROBS` to use (default all).
         padding_mode: padding of the non-rigid warps (rotation pads with zeros, as the reference code).
