@@ -59,8 +59,9 @@ def _inputs(shape: tuple[int, ...], seed: int = 1) -> torch.Tensor:
         (2, 3, {}, [(2, 4, 64, 64), (1, 4, 50, 70)]),  # 50x70: padded to 64x80 and cropped back, as FANet does
         (3, 1, {}, [(1, 2, 32, 32, 32), (2, 2, 20, 24, 18)]),
         (2, 1, {"slice_axis": 2}, [(1, 2, 32, 32, 7), (1, 2, 20, 33, 5)]),  # slice axis never padded
+        (2, 3, {"reviewed_input": True, "mask_input": True}, [(1, 5, 64, 64)]),  # image, reviewed, mask
     ],
-    ids=["2d", "3d", "slice-wise"],
+    ids=["2d", "3d", "slice-wise", "reviewed"],
 )
 def test_onnx_runtime_logits_equal_eager(spatial_dims, in_channels, kwargs, shapes):
     network = _network(spatial_dims, in_channels, **kwargs)

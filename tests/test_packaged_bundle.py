@@ -122,6 +122,50 @@ def test_zoo_checks_in_the_monailabel_env(packaged):
     assert (bundle / "models" / "exported.ts").stat().st_size > 0
 
 
+def test_reviewed_network_packages_and_refines_in_the_monailabel_env(tmp_path):
+    """A network with a reviewed channel (``reviewed_input``), packaged from its run: the metadata lists the channel,
+    the zoo checks pass, and refine-my-mask in MONAI Label's environment (no fanet_monai installed) feeds it the
+    annotator's reviewed pixels and gives them back exactly."""
+    from fanet_monai.cli import run
+    from fanet_monai.run import release_claims
+
+    data = make_synthetic_dataset(tmp_path / "data", num_images=6, height=32, width=40, seed=0)
+    root = tmp_path / "run"
+    assert run(["train", str(data), "--bundle_root", str(root), "--max_epochs", "1", "--batch_size", "2",
+                "--show_progress", "False", "--image_size", "[32,32]", "--num_workers", "0", "--reviewed_input",
+                "True", "--mask_mix", "annotator_errors", "--network_def#channels", json.dumps(SMALL)]) == 0
+    release_claims()
+    bundle = tmp_path / "bundle"
+    assert run(["package", str(bundle), "--bundle_root", str(root)]) == 0
+    image = json.loads((bundle / "configs" / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]
+    assert image["num_channels"] == 5 and image["channel_def"]["3"].startswith("reviewed pixels")
+    assert image["channel_def"]["4"].startswith("feedback mask")
+    assert json.loads((bundle / "configs" / "inference.json").read_text())["reviewed_input"] is True
+    check = ("import sys; sys.path.insert(0, '.')\nimport monai.bundle as b\n"
+             "b.verify_net_in_out(net_id='network_def', meta_file='configs/metadata.json',"
+             " config_file='configs/inference.json', device='cpu', n=1)\n"
+             "b.ckpt_export(net_id='network_def', filepath='models/exported.ts', ckpt_file='models/model.pt',"
+             " meta_file='configs/metadata.json', config_file='configs/inference.json', bundle_root='.')\n")
+    run_in_monailabel_env(bundle, "-c", check)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for path in sorted((data / "images").glob("*.png")):
+        label = np.full((32, 40), 128, np.uint8)  # 128: not looked at yet
+        label[:, :20] = 0  # the left half reviewed: background, except a drawn box
+        label[4:14, 4:14] = 255
+        Image.fromarray(label).save(labels / path.name)
+    out = tmp_path / "pred"
+    run_in_monailabel_env(bundle, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                          "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf",
+                          "--bundle_root", ".", "--dataset_dir", str(data / "images"), "--output_dir", str(out),
+                          "--start_mask_dir", str(labels), "--displayable_configs#unreviewed_value", "128")
+    for path in sorted((data / "images").glob("*.png")):
+        mask = np.asarray(Image.open(out / path.name)) > 0
+        expected = np.zeros((32, 20), bool)
+        expected[4:14, 4:14] = True
+        assert mask.shape == (32, 40) and np.array_equal(mask[:, :20], expected)
+
+
 def test_repository_bundle_still_uses_the_installed_package():
     """The repository's configs import the installed ``fanet_monai``; ``bundle/scripts`` holds only the shim."""
     root = Path(__file__).resolve().parents[1] / "bundle"

@@ -133,8 +133,9 @@ class FANet(nn.Module):
             on each slice across this spatial axis (0, 1 or 2; :mod:`fanet_monai.networks.slicewise`, the
             ``slice`` volume mode); ``None`` (default): inputs have ``spatial_dims`` spatial dimensions.
 
-    Input ``(B, in_channels + 1, *spatial)`` (``in_channels + 2`` with ``reviewed_input``) of any spatial size: the network pads each spatial dimension to a
-    multiple of ``2 ** len(channels)`` (replicate padding, split evenly on both sides) and crops the output back.
+    Input ``(B, in_channels + 1, *spatial)`` (``in_channels + 2`` with ``reviewed_input``) of any spatial size: the
+    network pads each spatial dimension to a multiple of ``2 ** len(channels)`` (replicate padding, split evenly on
+    both sides) and crops the output back.
     Output ``(B, out_channels, *spatial)`` logits.
     """
 

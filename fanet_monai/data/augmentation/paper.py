@@ -53,8 +53,9 @@ def paper_augmentation(
     allow_missing_keys: bool = True,
     padding_mode: str = "reflection",
 ) -> List[MapTransform]:
-    """The paper's augmentation list (see the module doc and :mod:`~fanet_monai.data.augmentation.warps`), in this order: crop, rotate, flip_h, flip_v, elastic,
-    grid, optical, grayscale, channel_shuffle, brightness, contrast, (clip to [0, 1]), dropout.
+    """The paper's augmentation list (see the module doc and :mod:`~fanet_monai.data.augmentation.warps`), in this
+    order: crop, rotate, flip_h, flip_v, elastic, grid, optical, grayscale, channel_shuffle, brightness, contrast,
+    (clip to [0, 1]), dropout.
 
     Args:
         image_size: spatial size of the images it sees (only the coarse-dropout hole size, 1/8 of it, depends on it).
