@@ -377,6 +377,16 @@ def _cell(values: list[float], digits: int = 3) -> str:
     return text if len(found) == len(values) else f"{text} ({len(found)}/{len(values)} reached)"
 
 
+def paired_pixels(a: list[float], b: list[float]) -> str:
+    """:func:`paired_difference` of two per-pair pixel counts over the pairs where both reached the common Dice
+    (NaN: never reached), saying how many pairs that leaves."""
+    kept = [(x, y) for x, y in zip(a, b) if x == x and y == y]
+    if not kept:
+        return "not reached"
+    text = paired_difference([x for x, _ in kept], [y for _, y in kept], 0)
+    return text if len(kept) == len(a) else f"{text} ({len(kept)} of {len(a)} pairs: the others never reach it)"
+
+
 def reached(rows: list[dict], target: float) -> float:
     """Corrected pixels at the first step whose Dice reaches ``target`` (NaN when none does)."""
     hit = [r["corrected"] for r in rows if r["dice"] >= target - 1e-9]
@@ -452,16 +462,16 @@ def report(records: list[dict]) -> str:
                      f"confidence+refine: {paired_difference(effort['look+refine'], effort['confidence+refine'])}; "
                      f"look+refine − hand (oracle): {paired_difference(effort['look+refine'], effort['hand, oracle'])}")
         lines.append(f"Pixels to the common Dice, look+refine − hand (look order): "
-                     f"{paired_difference(px['look+refine'], px['hand, look order'], 0)}; look+refine − "
-                     f"confidence+refine: {paired_difference(px['look+refine'], px['confidence+refine'], 0)}; "
-                     f"look+refine − hand (oracle): {paired_difference(px['look+refine'], px['hand, oracle'], 0)}; "
+                     f"{paired_pixels(px['look+refine'], px['hand, look order'])}; look+refine − "
+                     f"confidence+refine: {paired_pixels(px['look+refine'], px['confidence+refine'])}; "
+                     f"look+refine − hand (oracle): {paired_pixels(px['look+refine'], px['hand, oracle'])}; "
                      f"confidence+refine − hand (oracle): "
-                     f"{paired_difference(px['confidence+refine'], px['hand, oracle'], 0)}")
+                     f"{paired_pixels(px['confidence+refine'], px['hand, oracle'])}")
         if "hand, converged start" in present:
             lines.append(f"Control (more passes, then by hand): look+refine − hand, converged start: Dice at equal "
                          f"effort {paired_difference(effort['look+refine'], effort['hand, converged start'])}, pixels "
                          f"to the common Dice "
-                         f"{paired_difference(px['look+refine'], px['hand, converged start'], 0)}")
+                         f"{paired_pixels(px['look+refine'], px['hand, converged start'])}")
         final = {s: _per_pair(rs, lambda r, s=s: r["loop"][s][-1]["dice"]) for s in present}
         lines.append(f"\nDice at step {steps}, look+refine − hand (oracle): "
                      f"{paired_difference(final['look+refine'], final['hand, oracle'])}; look+refine − "

@@ -122,3 +122,11 @@ def test_annotation_loop_smoke_measures_maps_partial_labels_and_correction_loops
     for before, after in zip(records, rerun):
         assert [row["step"] for row in after["loop"]["look+refine, local"]] == list(range(4))
         assert after["loop"]["hand, oracle"] == before["loop"]["hand, oracle"] and after["dice"] == before["dice"]
+
+
+def test_annotation_loop_pixel_differences_leave_out_pairs_that_never_reach_the_common_dice():
+    both = annotation_loop.paired_pixels([100.0, 200.0, 300.0], [150.0, 260.0, 330.0])
+    assert both.startswith("-47 [") and "pairs" not in both
+    dropped = annotation_loop.paired_pixels([100.0, float("nan"), 300.0], [150.0, 260.0, 330.0])
+    assert dropped.startswith("-40 [") and dropped.endswith("(2 of 3 pairs: the others never reach it)")
+    assert annotation_loop.paired_pixels([float("nan")], [1.0]) == "not reached"
