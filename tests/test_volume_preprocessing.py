@@ -250,15 +250,18 @@ def test_the_volume_network_starts_at_the_foreground_prior(volume_mode):
     assert torch.softmax(network.head.conv.bias, 0).tolist() == pytest.approx([0.8, 0.1, 0.1])
 
 
-def test_volumes_train_for_annotation_with_corrected_masks_and_the_mask_as_input(tmp_path):
-    """The annotation-trained 3-D network (``mask_mix: "annotator"``, ``unroll_random``, ``mask_input``) trains
-    through ``volume.json`` — the ``corrected`` masks read the label after the volume preprocessing — and infers
+@pytest.mark.parametrize("reviewed_input", [False, True])
+def test_volumes_train_for_annotation_with_corrected_masks_and_the_mask_as_input(tmp_path, reviewed_input):
+    """The annotation-trained 3-D network (``mask_mix: "annotator"``, ``unroll_random``, ``mask_input``; also with a
+    reviewed channel) trains through ``volume.json`` — the ``corrected`` masks read the label after the volume
+    preprocessing, their boxes travel through the 3-D patch sampling and augmentation with the mask — and infers
     onto the input grid."""
     data = tmp_path / "data"
     for i in range(3):
         write_case(data, f"case{i}.nii.gz", lps((1.0, 1.0, 2.0)), shape=(24, 24, 20), seed=i)
     tiny = {"bundle_root": str(tmp_path / "run"), "num_workers": 0, "num_passes": 2, "patch_size": [16, 16, 16],
-            "network_def#channels": [4, 8, 8, 8], "network_def#mask_input": True, "modality": "MR"}
+            "network_def#channels": [4, 8, 8, 8], "network_def#mask_input": True, "modality": "MR",
+            "reviewed_input": reviewed_input}
     workflow = load_workflow(bundle_configs("train", "volume"), "training", dataset_dir=str(data), max_epochs=2,
                              batch_size=2, val_fraction=0, show_progress=False, mask_mix="annotator",
                              unroll_random=True, **tiny)
@@ -266,7 +269,10 @@ def test_volumes_train_for_annotation_with_corrected_masks_and_the_mask_as_input
     assert transform.mix["corrected"] == 0.4
     network = workflow.parser.get_parsed_content("network")
     first_conv = next(p for n, p in network.named_parameters() if n.startswith("encoder.0") and p.ndim == 5)
-    assert network.mask_input and first_conv.shape[1] == 2  # one image channel + the mask
+    assert network.mask_input and first_conv.shape[1] == 2 + reviewed_input  # image (+ reviewed) + the mask
+    if reviewed_input:  # the trainer hands the reviewed voxels to its inferer
+        assert workflow.parser.get_parsed_content("train#feedback_mask").reviewed_key == "reviewed"
+        assert "reviewed" in workflow.parser.get_parsed_content("train#trainer").prepare_batch.extra_keys
     workflow.run()
     release_claims()
     assert len(workflow.parser.get_parsed_content("feedback_cache")) == 3
