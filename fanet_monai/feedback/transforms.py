@@ -129,7 +129,7 @@ class FeedbackMaskd(MapTransform, Randomizable):
             self.randomize()
             choice = self._choice
         shape = (1, *image.shape[1:])
-        reviewed = torch.zeros(shape)
+        boxes = None  # the pasted boxes of the corrected choices
         if choice == "empty":
             mask = torch.zeros(shape)
         elif choice == "full":
@@ -150,10 +150,10 @@ class FeedbackMaskd(MapTransform, Randomizable):
                 pasted, boxes = paste_label_boxes(mask.numpy() > 0.5, label, self.R,
                                                   at_errors=choice == "corrected_at_errors", return_reviewed=True)
                 mask = torch.as_tensor(pasted, dtype=torch.float32)
-                reviewed = torch.as_tensor(boxes, dtype=torch.float32)
         meta = dict(image.meta) if isinstance(image, MetaTensor) else {"filename_or_obj": key}
         d[self.mask_key] = MetaTensor(mask, meta=meta)
         if self.reviewed_key is not None:
+            reviewed = torch.zeros(shape) if boxes is None else torch.as_tensor(boxes, dtype=torch.float32)
             d[self.reviewed_key] = MetaTensor(reviewed, meta=dict(meta))
         return d
 

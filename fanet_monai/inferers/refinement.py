@@ -226,9 +226,9 @@ class IterativeRefinementInferer(Inferer):
         if self.start_mask in INPUT_STARTS:
             images, mask, constraint = split_input_start(images, self.start_mask)
         check_mask(images, mask)
-        reviewed = torch.zeros_like(images[:, :1])
+        reviewed = None  # the annotator's own reviewed pixels, before refine_margin widens the constraint
         if constraint is not None:
-            reviewed = constraint.reviewed.to(device=images.device, dtype=images.dtype)
+            reviewed = constraint.reviewed
             constraint = constraint.within(self.refine_margin)
         batch = images.shape[0]
         if mask is None:
@@ -236,7 +236,9 @@ class IterativeRefinementInferer(Inferer):
         else:  # our own copy: the active rows are updated in place below
             mask = convert_to_tensor(mask, track_meta=False).to(device=images.device, dtype=images.dtype, copy=True)
         if self.reviewed_channel:  # after the start mask, which is made from the image channels alone
-            images = torch.cat([images, reviewed], dim=1)
+            channel = (torch.zeros_like(images[:, :1]) if reviewed is None
+                       else reviewed.to(device=images.device, dtype=images.dtype))
+            images = torch.cat([images, channel], dim=1)
         passes_used = torch.zeros(batch, dtype=torch.long, device=images.device)
         active = torch.arange(batch, device=images.device)  # indices of the images still being refined
         previous: torch.Tensor | None = None  # (B, 1, *spatial): discrete prediction of the previous pass
