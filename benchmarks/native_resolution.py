@@ -19,6 +19,10 @@ own size** (Dice, clDice, Betti-0 error: :mod:`fanet_monai.metrics`, :mod:`fanet
 - ``fanet_patch_annotator_errors_reviewed_input``: ``fanet_patch_annotator_errors_input`` with a reviewed channel
   (``--reviewed_input True``): the network is told which pixels of its fed mask an annotator corrected (the pasted
   boxes in training, the annotator's reviewed pixels at test time);
+- ``fanet_patch_annotator_errors_interactive_input``: ``fanet_patch_annotator_errors_input`` trained the way
+  interactive-segmentation networks are (RITM's iterative training: ``--unroll_corrections 0.5``): in the steps
+  with two passes, half the samples get the label pasted into boxes at the errors of their own first-pass answer
+  before the gradient pass, as the annotation loop's annotator corrects the network's current mask;
 - ``basicunet_resize_nearest``, ``basicunet_resize_area``, ``basicunet_patch``: the same three with MONAI's
   ``BasicUNet`` as ``network_def`` (the bundle's pipeline against the plain scripts, same network);
 - ``monai_resize``: a plain MONAI script (``BasicUNet``, images and labels resized bilinear with anti-aliasing /
@@ -79,6 +83,7 @@ from fanet_monai.topology import connectivity_metrics  # noqa: E402
 SHARED_EM = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em"
 CONFIGS = ("resize_nearest", "resize_area", "fanet_patch", "fanet_patch_annotator", "fanet_patch_annotator_input",
            "fanet_patch_annotator_errors_input", "fanet_patch_annotator_errors_reviewed_input",
+           "fanet_patch_annotator_errors_interactive_input",
            "basicunet_resize_nearest", "basicunet_resize_area", "basicunet_patch", "monai_resize", "monai_patch")
 
 BASICUNET = {"_target_": "fanet_monai.networks.ImageOnlyNetwork",
@@ -167,6 +172,8 @@ def run_bundle(config: str, train: Path, test: Path, out: Path, args: argparse.N
         common += ["--network_def#mask_input", "True"]
     if "_reviewed" in config:
         common += ["--reviewed_input", "True"]
+    if "_interactive" in config:
+        common += ["--unroll_corrections", "0.5"]
     start = time.time()
     if run(["train", str(train), "--bundle_root", str(out), "--overwrite", "True", *common]) != 0:
         raise SystemExit(f"{config}: training failed (see {out / 'logs'})")

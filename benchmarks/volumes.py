@@ -16,6 +16,9 @@ evaluated pass by pass (``evaluate.json``) on a held-out fold, with the Dice and
   (``mask_mix annotator_errors``);
 - ``fanet_3d_annotator_errors_reviewed_input``: ``fanet_3d_annotator_errors_input`` with a reviewed channel
   (``reviewed_input``: which voxels of the fed mask an annotator corrected);
+- ``fanet_3d_annotator_errors_interactive_input``: ``fanet_3d_annotator_errors_input`` with RITM-style
+  corrections within a step (``unroll_corrections``: the label pasted at the errors of the network's own first pass
+  before the gradient pass);
 - ``fanet_slice``: the 2-D FANet over the slices of the same patches (``volume_mode slice``, axial);
 - ``basicunet_3d``, ``unet_3d``, ``dynunet_3d``: MONAI's ``BasicUNet``, ``UNet`` and ``DynUNet`` (kernels and
   strides as nnU-Net's 3d_fullres plans them for small isotropic patches, deep supervision off), one pass, through
@@ -91,6 +94,13 @@ def configurations(widths: list[int], num_classes: int) -> dict[str, tuple[str, 
                                                      {"network_def#channels": w, "network_def#head_channels": w[0],
                                                       "network_def#mask_input": True, "reviewed_input": True,
                                                       "mask_mix": "annotator_errors", "unroll_random": True}, True),
+        "fanet_3d_annotator_errors_interactive_input": ("FANet 3-D, head 8, trained for annotation with corrections "
+                                                        "on its errors and on its own first pass (RITM-style), the "
+                                                        "mask an input channel",
+                                                        {"network_def#channels": w, "network_def#head_channels": w[0],
+                                                         "network_def#mask_input": True,
+                                                         "mask_mix": "annotator_errors", "unroll_random": True,
+                                                         "unroll_corrections": 0.5}, True),
         "fanet_3d_nolast": ("FANet 3-D without the last decoder MixPool (feedback, refined)",
                             {"network_def#channels": w, "network_def#final_mixpool": False}, True),
         "fanet_slice": ("FANet 2-D over axial slices (refined)", {"volume_mode": "slice", "network_def#channels": w},

@@ -62,6 +62,7 @@ RANGES: dict[str, Range] = {
     "val_interval": Range("int", 1),
     "num_passes": Range("int", 1),
     "unroll_passes": Range("int", 1),
+    "unroll_corrections": Range("number", 0, 1),
     "seed": Range("int", 0),
     "split_seed": Range("int", 0),
     "num_qualitative": Range("int", 0),

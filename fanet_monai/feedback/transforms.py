@@ -158,7 +158,13 @@ class FeedbackMaskd(MapTransform, Randomizable):
         return d
 
 
-def feedback_batch_keys(reviewed_input: bool = False) -> dict[str, str]:
+def feedback_batch_keys(reviewed_input: bool = False, corrections: bool = False) -> dict[str, str]:
     """The batch keys the trainer hands its inferer as keyword arguments (MONAI's ``PrepareBatchExtraInput``
-    ``extra_keys``): the feedback mask, and the reviewed pixels for a network with a reviewed channel."""
-    return {"mask": "mask", REVIEWED_KEY: REVIEWED_KEY} if reviewed_input else {"mask": "mask"}
+    ``extra_keys``): the feedback mask, the reviewed pixels for a network with a reviewed channel, and the label
+    when the unrolled inferer corrects masks between passes (``UnrolledFeedbackInferer(correction_prob > 0)``)."""
+    keys = {"mask": "mask"}
+    if reviewed_input:
+        keys[REVIEWED_KEY] = REVIEWED_KEY
+    if corrections:
+        keys["label"] = "label"
+    return keys
