@@ -48,6 +48,7 @@ test/images|masks``), or ``3d`` with ``RUNS`` a folder of ``<config>-fold{F}-see
         --images 2 --crop 512 --workdir runs/annotation
     python benchmarks/annotation_loop.py --report --workdir runs/annotation
     python benchmarks/annotation_loop.py --smoke          # a tiny trained run on synthetic images (CI)
+    python benchmarks/annotation_loop.py --compare runs/a/records.jsonl runs/b/records.jsonl   # two networks, paired
 """
 
 from __future__ import annotations
@@ -481,6 +482,50 @@ def report(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def compare(first: list[dict], second: list[dict]) -> str:
+    """Two networks' records on the same test images (same sources' folds, seeds and images), paired per (fold,
+    seed): which network makes the annotator's work smaller. Pixels are counted to a Dice both networks reach: the
+    lowest final look+refine Dice of the two on that image."""
+    a_name, b_name = first[0]["source"], second[0]["source"]
+    theirs = {(r["fold"], r["seed"], r["image"]): r for r in second}
+    matched = [(r, theirs[(r["fold"], r["seed"], r["image"])]) for r in first
+               if (r["fold"], r["seed"], r["image"]) in theirs]
+    if not matched:
+        raise SystemExit(f"{a_name} and {b_name} share no test image: compare records of the same folds and seeds.")
+    by: dict[tuple[int, int], list[tuple[dict, dict]]] = {}
+    for a, b in matched:
+        by.setdefault((a["fold"], a["seed"]), []).append((a, b))
+
+    def per_pair(value) -> tuple[list[float], list[float]]:
+        def mean(values: list[float]) -> float:  # NaN (never reached) where no image of the pair reached it
+            found = [v for v in values if v == v]
+            return float(np.mean(found)) if found else float("nan")
+
+        return ([mean([value(a, a, b) for a, b in rs]) for rs in by.values()],
+                [mean([value(b, a, b) for a, b in rs]) for rs in by.values()])
+
+    def common(a: dict, b: dict) -> float:
+        return min(a["loop"]["look+refine"][-1]["dice"], b["loop"]["look+refine"][-1]["dice"])
+
+    rows = [("product's Dice", lambda r, a, b: r["dice"], 3),
+            ("partial label as the start: reviewed part", lambda r, a, b: r["partial"]["start only"]["reviewed"], 3),
+            ("partial label as the start: the rest", lambda r, a, b: r["partial"]["start only"]["rest"], 3)]
+    for budget in (500, 1000, 2000):
+        rows.append((f"Dice at {budget} corrected px, look+refine",
+                     lambda r, a, b, n=budget: dice_at(r["loop"]["look+refine"], n), 3))
+    for strategy in ("look+refine", "confidence+refine", "hand, look order", "hand, converged start"):
+        if all(strategy in r["loop"] for pair in matched for r in pair):
+            rows.append((f"px to the common Dice, {strategy}",
+                         lambda r, a, b, s=strategy: reached(r["loop"][s], common(a, b)), 0))
+    lines = [f"\n## {b_name} − {a_name}: {len(matched)} images, {len(by)} (fold, seed) pairs, paired per pair",
+             f"| measure | {a_name} | {b_name} | {b_name} − {a_name} |", "|---|---|---|---|"]
+    for label, value, digits in rows:
+        a_values, b_values = per_pair(value)
+        diff = paired_pixels(b_values, a_values) if digits == 0 else paired_difference(b_values, a_values, digits)
+        lines.append(f"| {label} | {_cell(a_values, digits)} | {_cell(b_values, digits)} | {diff} |")
+    return "\n".join(lines)
+
+
 def plot(records: list[dict], path: Path) -> None:
     """Dice against corrected pixels per strategy, one panel per source (mean over images)."""
     import matplotlib
@@ -560,8 +605,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "(a strategy that draws random boxes starts from a fresh generator, not the recorded one)")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic run, 3 steps (CI)")
+    parser.add_argument("--compare", nargs=2, default=None, metavar=("RECORDS_A", "RECORDS_B"), type=Path,
+                        help="compare two networks' records.jsonl on the same test images (paired) and stop")
     args = parser.parse_args(argv)
     args.override = {k: json.loads(v) for k, _, v in (o.partition("=") for o in args.override)}
+    if args.compare:
+        records = [load_records(path) for path in args.compare]
+        for path, rs in zip(args.compare, records):
+            if not rs:
+                raise SystemExit(f"{path}: no records (give a records.jsonl written by this benchmark).")
+        print(compare(*records))
+        return records[1]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fanet-annotation-"))
     work.mkdir(parents=True, exist_ok=True)
     log = work / "records.jsonl"

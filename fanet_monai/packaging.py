@@ -25,6 +25,7 @@ packaged code differ from the tested source.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -73,14 +74,16 @@ _LAYERED = ("train.json", "evaluate.json", "inference.json")
 
 
 def _merge_layer(config: dict, layer: dict) -> dict:
-    """``config`` with the data layer's ids over it (top-level ids replaced, ``+imports`` appended), as MONAI's
-    ``ConfigParser`` merges the two files."""
-    merged = dict(config)
+    """``config`` with the data layer's ids over it, as MONAI's ``ConfigParser`` merges the two files: top-level
+    ids replaced, ``+imports`` appended, and a nested id (``network_def#spatial_dims``) set inside its parent — or,
+    in a config without that parent (``evaluate.json``, laid over ``train.json`` when it runs), kept as the id for
+    ``ConfigParser`` to set at load time."""
+    merged = copy.deepcopy(config)
     for key, value in layer.items():
         if key == "+imports":
             target = "imports" if "imports" in merged else "+imports"
             merged[target] = [*merged.get(target, []), *[i for i in value if i not in merged.get(target, [])]]
-        else:
+        elif "#" not in key or not _set_override(merged, key, value):
             merged[key] = value
     return merged
 

@@ -130,3 +130,24 @@ def test_annotation_loop_pixel_differences_leave_out_pairs_that_never_reach_the_
     dropped = annotation_loop.paired_pixels([100.0, float("nan"), 300.0], [150.0, 260.0, 330.0])
     assert dropped.startswith("-40 [") and dropped.endswith("(2 of 3 pairs: the others never reach it)")
     assert annotation_loop.paired_pixels([float("nan")], [1.0]) == "not reached"
+
+
+def _loop_record(source: str, fold: int, image: str, dice: float, steps: list[tuple[int, float]]) -> dict:
+    rows = [{"step": k, "corrected": c, "corrected_dice": d, "dice": d} for k, (c, d) in enumerate(steps)]
+    strategies = {s: rows for s in annotation_loop.STRATEGIES}
+    return {"source": source, "fold": fold, "seed": fold, "image": image, "dice": dice,
+            "partial": {"start only": {"reviewed": dice + 0.1, "rest": dice}}, "loop": strategies}
+
+
+def test_annotation_loop_compares_two_networks_on_the_same_images_paired_per_pair():
+    first = [_loop_record("a", f, "x.png", 0.70, [(0, 0.70), (400, 0.75), (900, 0.80)]) for f in (0, 1, 2)]
+    second = [_loop_record("b", f, "x.png", 0.72, [(0, 0.72), (200, 0.78), (500, 0.80)]) for f in (0, 1, 2)]
+    second.append(_loop_record("b", 9, "y.png", 0.5, [(0, 0.5)]))  # an image the first network was not run on
+    table = annotation_loop.compare(first, second)
+    assert "## b − a: 3 images, 3 (fold, seed) pairs" in table
+    assert "| product's Dice | 0.700 ± 0.000 | 0.720 ± 0.000 | +0.020 [+0.020, +0.020]* |" in table
+    # both reach the common Dice 0.80: at 900 pixels with the first network, at 500 with the second
+    assert "| px to the common Dice, look+refine | 900 ± 0 | 500 ± 0 | -400" in table
+    assert "| Dice at 500 corrected px, look+refine | 0.760 ± 0.000 | 0.800 ± 0.000 | +0.040" in table
+    with pytest.raises(SystemExit, match="share no test image"):
+        annotation_loop.compare(first, second[-1:])

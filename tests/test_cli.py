@@ -74,6 +74,11 @@ def test_help_lists_the_commands_and_their_real_options(capsys):
     out = capsys.readouterr().out
     assert "--max_epochs" in out and "100" in out and "--split_mode" in out and "--resume" in out
     assert "--overwrite" in out and "--network_def#variant" in out and "Optional[" not in out
+    assert "--unroll_corrections" in out
+    # the volume layer sets three of the network's arguments (not a copy of network_def): listed as its options
+    layer = out[out.index("volume options"):]
+    assert "--network_def#prior_probability 0.05" in layer and "--network_def#spatial_dims" in layer
+    assert "--network_def#variant" not in layer and "--spatial_dims" in layer
     assert run(["infer", "--help"]) == 0
     out = capsys.readouterr().out
     assert "usage: fanet infer DATASET_DIR OUTPUT_DIR" in out and "--skip_bad" in out and "default false" in out

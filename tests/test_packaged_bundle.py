@@ -173,3 +173,25 @@ def test_repository_bundle_still_uses_the_installed_package():
     for name in ("train.json", "inference.json"):
         assert SCRIPTS_IMPORT not in json.loads((root / "configs" / name).read_text())["imports"]
     assert "fanet_monai" in sys.modules
+
+
+def test_the_volume_layer_sets_network_arguments_the_way_monai_merges_it():
+    """``volume.json`` sets three of ``network_def``'s arguments (``network_def#...`` ids), not a copy of it: the
+    packaged configs hold what MONAI's ``ConfigParser`` makes of the layered files, and every other argument
+    (``reviewed_input``, ``in_channels``, ...) stays the base config's."""
+    from fanet_monai.packaging import _merge_layer
+
+    configs = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+    layer = json.loads((configs / "volume.json").read_text())
+    assert "network_def" not in layer and "network_def#prior_probability" in layer
+    for name in ("train.json", "inference.json"):
+        base = json.loads((configs / name).read_text())
+        parser = monai.bundle.ConfigParser()
+        parser.read_config([str(configs / name), str(configs / "volume.json")])
+        merged = _merge_layer(base, layer)
+        assert merged["network_def"] == parser.get("network_def")
+        assert merged["network_def"]["reviewed_input"] == "@reviewed_input"  # the base config's wiring kept
+        assert merged["network_def"]["prior_probability"] == 0.05 and "slice_axis" in merged["network_def"]
+        assert "network_def" in base and "prior_probability" not in base["network_def"]  # the input is untouched
+    evaluate = _merge_layer(json.loads((configs / "evaluate.json").read_text()), layer)
+    assert evaluate["network_def#prior_probability"] == 0.05  # no network_def there: set over train.json at load

@@ -120,9 +120,13 @@ def command_help(name: str, method: Callable) -> str:
         lines += ["", f"bundle options (ids of {', '.join(c + '.json' for c in own)}; any id or sub-id such as "
                       "--network_def#variant B3 can be set; '$...' defaults are computed):"]
         lines += _config_lines(raw_config(own), shown)
+        base = raw_config(own)
         for layer in (c for c in configs if c in DATA_LAYERS):
-            base = raw_config(own)
-            changed = {k: v for k, v in raw_config((layer,)).items() if base.get(k) != v}
+            changed = {k: v for k, v in raw_config((*own, layer)).items() if base.get(k) != v}
+            if isinstance(changed.get("network_def"), dict) and isinstance(base.get("network_def"), dict):
+                # the layer sets some of the network's arguments (network_def#spatial_dims ...): list those
+                network, before = changed.pop("network_def"), base["network_def"]
+                changed.update({f"network_def#{k}": v for k, v in network.items() if before.get(k) != v})
             lines += ["", f"{layer} options ({layer}.json, laid over the above when the data holds volumes; "
                           "their values there):"]
             lines += _config_lines(changed, shown)
