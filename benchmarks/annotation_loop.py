@@ -482,6 +482,12 @@ def report(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _mean_reached(values: list[float]) -> float:
+    """Mean of the values that are not NaN (never reached); NaN when none is."""
+    found = [v for v in values if v == v]
+    return float(np.mean(found)) if found else float("nan")
+
+
 def compare(first: list[dict], second: list[dict]) -> str:
     """Two networks' records on the same test images (same sources' folds, seeds and images), paired per (fold,
     seed): which network makes the annotator's work smaller. Pixels are counted to a Dice both networks reach: the
@@ -497,12 +503,8 @@ def compare(first: list[dict], second: list[dict]) -> str:
         by.setdefault((a["fold"], a["seed"]), []).append((a, b))
 
     def per_pair(value) -> tuple[list[float], list[float]]:
-        def mean(values: list[float]) -> float:  # NaN (never reached) where no image of the pair reached it
-            found = [v for v in values if v == v]
-            return float(np.mean(found)) if found else float("nan")
-
-        return ([mean([value(a, a, b) for a, b in rs]) for rs in by.values()],
-                [mean([value(b, a, b) for a, b in rs]) for rs in by.values()])
+        return ([_mean_reached([value(a, a, b) for a, b in rs]) for rs in by.values()],
+                [_mean_reached([value(b, a, b) for a, b in rs]) for rs in by.values()])
 
     def common(a: dict, b: dict) -> float:
         return min(a["loop"]["look+refine"][-1]["dice"], b["loop"]["look+refine"][-1]["dice"])

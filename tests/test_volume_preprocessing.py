@@ -253,9 +253,10 @@ def test_the_volume_network_starts_at_the_foreground_prior(volume_mode):
 @pytest.mark.parametrize("reviewed_input", [False, True])
 def test_volumes_train_for_annotation_with_corrected_masks_and_the_mask_as_input(tmp_path, reviewed_input):
     """The annotation-trained 3-D network (``mask_mix: "annotator"``, ``unroll_random``, ``mask_input``; also with a
-    reviewed channel) trains through ``volume.json`` — the ``corrected`` masks read the label after the volume
-    preprocessing, their boxes travel through the 3-D patch sampling and augmentation with the mask — and infers
-    onto the input grid."""
+    reviewed channel and corrections between the passes of every step, ``unroll_corrections``) trains through
+    ``volume.json`` — the ``corrected`` masks read the label after the volume preprocessing, their boxes travel
+    through the 3-D patch sampling and augmentation with the mask, the trainer hands the patches' labels to its
+    inferer — and infers onto the input grid."""
     data = tmp_path / "data"
     for i in range(3):
         write_case(data, f"case{i}.nii.gz", lps((1.0, 1.0, 2.0)), shape=(24, 24, 20), seed=i)
@@ -264,7 +265,8 @@ def test_volumes_train_for_annotation_with_corrected_masks_and_the_mask_as_input
             "reviewed_input": reviewed_input}
     workflow = load_workflow(bundle_configs("train", "volume"), "training", dataset_dir=str(data), max_epochs=2,
                              batch_size=2, val_fraction=0, show_progress=False, mask_mix="annotator",
-                             unroll_random=True, **tiny)
+                             unroll_random=not reviewed_input, unroll_corrections=1.0 if reviewed_input else 0.0,
+                             **tiny)
     transform = workflow.parser.get_parsed_content("train#feedback_mask")
     assert transform.mix["corrected"] == 0.4
     network = workflow.parser.get_parsed_content("network")
@@ -273,6 +275,9 @@ def test_volumes_train_for_annotation_with_corrected_masks_and_the_mask_as_input
     if reviewed_input:  # the trainer hands the reviewed voxels to its inferer
         assert workflow.parser.get_parsed_content("train#feedback_mask").reviewed_key == "reviewed"
         assert "reviewed" in workflow.parser.get_parsed_content("train#trainer").prepare_batch.extra_keys
+        # every step corrects every sample between its two passes, with the patch's label
+        assert workflow.parser.get_parsed_content("train#inferer").correction_prob == 1.0
+        assert workflow.parser.get_parsed_content("train#trainer").prepare_batch.extra_keys["label"] == "label"
     workflow.run()
     release_claims()
     assert len(workflow.parser.get_parsed_content("feedback_cache")) == 3
